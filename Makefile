@@ -1,0 +1,55 @@
+# pspnet-pipeline: the two set-up commands are `make run` and `make test` (see README.md).
+# Every target installs what is missing first (a virtual environment in .venv from the
+# lockfile), so a fresh clone needs only Python 3.11 and make.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+PORT ?= 5000
+
+export PATH := $(BIN):$(PATH)
+# Prefect keeps its state in the project, not the user's home; no telemetry offline.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export DVC_NO_ANALYTICS ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: help install run flow test test-all ui lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install the locked dependencies (only what is missing)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps -e .
+	@touch $@
+
+run: install  ## run the whole pipeline on the embedded dataset through DVC (dvc repro)
+	dvc repro
+
+flow: install  ## run the same pipeline as a Prefect flow (ephemeral Prefect server)
+	python -m pipelines.training
+
+test: install  ## run the test suite (heavy tests marked `slow` excluded)
+	pytest -m "not slow"
+
+test-all: install  ## run every test, the slow ones included
+	pytest
+
+ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements.lock
+
+clean:  ## remove pipeline outputs (not the MLflow store, not the venv)
+	rm -rf data/prepared models metrics plots reports

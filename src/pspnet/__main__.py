@@ -1,0 +1,5 @@
+"""``python -m pspnet`` == the ``pspnet`` command."""
+
+from pspnet.cli import app
+
+app()

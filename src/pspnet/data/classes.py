@@ -1,0 +1,64 @@
+"""The class table (``classes.json``): class names, display colours and the ignore index.
+
+It is written once by ``prepare`` and read by every later stage, so the class list has one
+source of truth on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pspnet import io
+from pspnet.errors import DataError
+
+CLASSES_FILE = "classes.json"
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """Class ``i`` is ``names[i]``, drawn as ``colors[i]`` (RGB 0..255); ``ignore_index`` is never a class."""
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.colors):
+            raise ValueError(f"{len(self.names)} class names but {len(self.colors)} colours")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"class names must be unique: {list(self.names)}")
+        if self.ignore_index < len(self.names):
+            raise ValueError(f"ignore_index {self.ignore_index} collides with class id {self.ignore_index}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def to_json(self) -> dict:
+        return {
+            "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))],
+            "ignore_index": self.ignore_index,
+        }
+
+    def save(self, path: str | Path) -> None:
+        io.write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassTable:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            entries = sorted(raw["classes"], key=lambda e: e["id"])
+            if [e["id"] for e in entries] != list(range(len(entries))):
+                raise ValueError("class ids must be 0..N-1 without gaps")
+            return cls(
+                names=tuple(str(e["name"]) for e in entries),
+                colors=tuple(tuple(int(v) for v in e["color"]) for e in entries),  # type: ignore[misc]
+                ignore_index=int(raw["ignore_index"]),
+            )
+        except FileNotFoundError:
+            raise DataError(f"{path}: class table not found. Run the `prepare` stage first (dvc repro prepare).") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{path}: malformed class table ({err}). Re-run `prepare` to rewrite it.") from None

@@ -1,0 +1,43 @@
+"""The manifest (``manifest.csv``): one row per sample, the index of the prepared dataset.
+
+Columns: ``id`` (unique across the dataset), ``split`` (``train``/``val``/...), ``image`` and
+``mask`` (paths relative to the prepared directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pspnet import io
+from pspnet.errors import DataError
+
+MANIFEST_FILE = "manifest.csv"
+COLUMNS = ("id", "split", "image", "mask")
+
+
+def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
+    """Atomically write the manifest; ``rows`` must hold exactly :data:`COLUMNS`."""
+    missing = set(COLUMNS) - set(rows.columns)
+    if missing:
+        raise ValueError(f"manifest rows lack columns {sorted(missing)}")
+    with io.atomic_path(path) as tmp:
+        rows.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest, checking its columns; paths stay relative to the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found. Run the `prepare` stage first (dvc repro prepare).")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = set(COLUMNS) - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: manifest lacks column(s) {sorted(missing)}; expected {list(COLUMNS)}. Re-run `prepare`.")
+    return frame
+
+
+def split_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split, in manifest order."""
+    return frame[frame["split"] == split].reset_index(drop=True)
