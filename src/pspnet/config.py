@@ -78,6 +78,10 @@ class ValidateConfig(StrictModel):
     require_all_classes_in_train: bool = True
     #: How many failing samples the error message lists before summarising the rest.
     max_failures_listed: PositiveInt = 20
+    #: Split names a manifest row may carry; any other value fails validation.
+    known_splits: tuple[str, ...] = ("train", "val", "test")
+    #: Threads that open and decode the image and mask files while profiling the dataset.
+    num_workers: Annotated[int, Field(ge=1, le=64)] = 4
 
 
 class ModelConfig(StrictModel):
@@ -122,6 +126,10 @@ class TrainConfig(StrictModel):
     poly_power: NonNegativeFloat = 0.9
     #: ``auto`` uses CUDA when present, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Mixed precision: forward pass under bfloat16 autocast (weights, gradients and loss stay
+    #: float32). ``auto``: on where bfloat16 is fast (CUDA GPUs that support it, CPUs with
+    #: AVX512-BF16 / AMX), off elsewhere (emulated bfloat16 is slower than float32).
+    amp: bool | Literal["auto"] = "auto"
     num_workers: NonNegativeInt = 0
     #: Log the running loss to MLflow every this many optimisation steps.
     log_every_n_steps: PositiveInt = 10
@@ -152,6 +160,15 @@ class RegisterConfig(StrictModel):
     champion_alias: str = "champion"
     #: The metric of ``metrics/eval.json`` that decides promotion (higher is better).
     metric: str = "miou"
+    #: A new version takes the champion alias only if its metric exceeds the champion's by
+    #: more than this (0: any strict improvement).
+    min_improvement: NonNegativeFloat = 0.0
+    #: (height, width) of the example batch (2 images) the exported graph is traced with; it is
+    #: stored with the model, so keep it small. Batch, height and width stay dynamic.
+    export_example_size: tuple[Annotated[int, Field(ge=16, le=1024)], Annotated[int, Field(ge=16, le=1024)]] = (64, 96)
+    #: (height, width) of a probe image fed to the logged model after loading it back; the
+    #: registration fails if the artefact rejects it (e.g. shapes frozen at export).
+    probe_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] = (120, 160)
 
 
 class MlflowConfig(StrictModel):

@@ -1,0 +1,481 @@
+"""The ``validate`` stage: a Great Expectations gate between ``prepare`` and ``train``.
+
+It profiles every sample (:mod:`pspnet.data.profile`) and checks three tables with Great
+Expectations 1.x (ephemeral context, pandas data source, whole-dataframe batches, one
+expectation suite, validation definition and checkpoint per table):
+
+- ``samples``: one row per sample: files decode, RGB image, single-channel mask, equal
+  sizes, label values within the classes or the ignore index, unique ids, known splits;
+- ``splits``: one row per required split: it holds at least ``min_samples_per_split``;
+- ``classes``: one row per class: it appears in at least one train mask
+  (when ``require_all_classes_in_train``).
+
+Each table's key column is ``id`` (sample id, split name, class name), so
+``unexpected_index_column_names=["id"]`` names every offending row. It writes
+``reports/validation/summary.json`` and the Data Docs site (``data_docs/index.html``, with the
+per-sample table beside it as ``data_docs/profile.csv``), then raises :class:`DataError`
+listing every failure with its fix if anything failed: the report is always on disk first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pandas as pd
+
+from pspnet import io
+from pspnet.config import Params
+from pspnet.data.classes import CLASSES_FILE, ClassTable
+from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset
+from pspnet.errors import DataError
+
+VALIDATION_DIR = "validation"
+SUMMARY_FILE = "summary.json"
+PROFILE_FILE = "profile.csv"
+DOCS_DIR = "data_docs"
+#: Name of our Data Docs site (the default ephemeral context's own site is ``local_site``).
+DOCS_SITE_NAME = "pspnet_validation"
+#: GE result format: every offending row, named by its ``id`` column.
+RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]}
+#: The three tables the gate validates, in order.
+SAMPLES_TABLE, SPLITS_TABLE, CLASSES_TABLE = "samples", "splits", "classes"
+#: Names of the Great Expectations expectation classes the gate uses.
+IN_SET, AT_LEAST, UNIQUE = "ExpectColumnValuesToBeInSet", "ExpectColumnValuesToBeBetween", "ExpectColumnValuesToBeUnique"
+
+#: Renders, for a failing row (a dict of its columns), what is wrong and how to fix it.
+Explain = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation of the gate and how to explain a row that fails it.
+
+    ``expectation`` names a GE expectation class, built with ``column`` and ``kwargs``.
+    ``explain`` is ``None`` for the sample checks whose explanation the profile's ``problems``
+    column already gives.
+    """
+
+    name: str
+    table: str
+    column: str
+    description: str
+    expectation: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    explain: Explain | None = None
+
+    def build(self) -> Any:
+        """The GE expectation (imported lazily: importing GE takes seconds)."""
+        import great_expectations as gx
+
+        kind = getattr(gx.expectations, self.expectation)
+        return kind(column=self.column, description=self.description, meta={"check": self.name}, **self.kwargs)
+
+
+def sample_checks(params: Params) -> list[Check]:
+    """The per-sample expectations (table ``samples``, the profile)."""
+    known = sorted(set(params.validate_.known_splits) | set(params.validate_.required_splits))
+
+    def unknown_split(row: dict[str, Any]) -> str:
+        return (
+            f"split {row['split']!r} is not one of {known}. "
+            "Fix: correct it in manifest.csv, or add it to validate.known_splits in params.yaml"
+        )
+
+    true = {"value_set": [True]}
+    return [
+        Check("unique_ids", SAMPLES_TABLE, "id", "sample ids are unique", UNIQUE),
+        Check(
+            "known_split", SAMPLES_TABLE, "split", f"split is one of {known}", IN_SET, {"value_set": known}, unknown_split
+        ),
+        Check("image_decodes", SAMPLES_TABLE, "image_readable", "image file exists and decodes", IN_SET, true),
+        Check("mask_decodes", SAMPLES_TABLE, "mask_readable", "mask file exists and decodes", IN_SET, true),
+        Check("image_rgb", SAMPLES_TABLE, "image_mode", "image is RGB", IN_SET, {"value_set": ["RGB"]}),
+        Check(
+            "mask_single_channel",
+            SAMPLES_TABLE,
+            "mask_mode",
+            "mask is single-channel (class ids)",
+            IN_SET,
+            {"value_set": list(SINGLE_CHANNEL_MASK_MODES)},
+        ),
+        Check("sizes_match", SAMPLES_TABLE, "sizes_match", "image and mask have the same size", IN_SET, true),
+        Check("labels_valid", SAMPLES_TABLE, "labels_valid", "mask values are class ids or the ignore index", IN_SET, true),
+    ]
+
+
+def dataset_checks(params: Params) -> list[Check]:
+    """The dataset-level expectations (tables ``splits`` and ``classes``)."""
+    minimum = params.validate_.min_samples_per_split
+
+    def split_too_small(row: dict[str, Any]) -> str:
+        return (
+            f"split {row['id']!r} has {row['num_samples']} sample(s), at least {minimum} required "
+            "(validate.required_splits, validate.min_samples_per_split). "
+            "Fix: add samples to it in the source, or change those parameters"
+        )
+
+    def class_unseen(row: dict[str, Any]) -> str:
+        return (
+            f"class {row['id']!r} (id {row['class_id']}) appears in no train mask, so it cannot be learnt. "
+            "Fix: add train samples that contain it, or set validate.require_all_classes_in_train: false"
+        )
+
+    checks = [
+        Check(
+            "split_sizes",
+            SPLITS_TABLE,
+            "num_samples",
+            f"every required split has at least {minimum} sample(s)",
+            AT_LEAST,
+            {"min_value": minimum},
+            split_too_small,
+        )
+    ]
+    if params.validate_.require_all_classes_in_train:
+        checks.append(
+            Check(
+                "classes_in_train",
+                CLASSES_TABLE,
+                "train_masks",
+                "every class appears in at least one train mask",
+                AT_LEAST,
+                {"min_value": 1},
+                class_unseen,
+            )
+        )
+    return checks
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset-level tables
+# --------------------------------------------------------------------------------------------
+
+
+def split_table(profile: pd.DataFrame, required: tuple[str, ...]) -> pd.DataFrame:
+    """One row per required split: ``id`` (split name), ``num_samples``."""
+    counts = profile["split"].value_counts()
+    return pd.DataFrame({"id": list(required), "num_samples": [int(counts.get(s, 0)) for s in required]})
+
+
+def _pixel_counts(profile: pd.DataFrame) -> pd.DataFrame:
+    """Long table: ``split``, ``label``, ``pixels`` for every (sample, label value) of every decodable mask."""
+    records = [
+        {"split": split, "label": int(label), "pixels": pixels}
+        for split, counts in zip(profile["split"], profile["label_counts"])
+        for label, pixels in json.loads(counts).items()
+    ]
+    return pd.DataFrame.from_records(records, columns=["split", "label", "pixels"])
+
+
+def class_table(profile: pd.DataFrame, classes: ClassTable) -> pd.DataFrame:
+    """One row per class: ``id`` (name), ``class_id``, ``train_masks``, ``train_pixels``."""
+    pixels = _pixel_counts(profile)
+    train = pixels[pixels["split"] == "train"]
+    masks = train.groupby("label").size()
+    total = train.groupby("label")["pixels"].sum()
+    return pd.DataFrame(
+        {
+            "id": list(classes.names),
+            "class_id": list(range(classes.num_classes)),
+            "train_masks": [int(masks.get(c, 0)) for c in range(classes.num_classes)],
+            "train_pixels": [int(total.get(c, 0)) for c in range(classes.num_classes)],
+        }
+    )
+
+
+def class_coverage(profile: pd.DataFrame, classes: ClassTable) -> list[dict[str, Any]]:
+    """Per class: train masks containing it, and its pixels and pixel share in every split."""
+    pixels = _pixel_counts(profile)
+    per_split = pixels.groupby(["split", "label"])["pixels"].sum()
+    split_totals = pixels[pixels["label"] != classes.ignore_index].groupby("split")["pixels"].sum()
+    table = class_table(profile, classes)
+    coverage = []
+    for row in table.to_dict("records"):
+        cid = row["class_id"]
+        counts = {s: int(per_split.get((s, cid), 0)) for s in split_totals.index}
+        coverage.append(
+            {
+                "class_id": cid,
+                "name": row["id"],
+                "train_masks": row["train_masks"],
+                "pixels_per_split": counts,
+                "pixel_share_per_split": {s: round(counts[s] / max(int(split_totals[s]), 1), 6) for s in counts},
+            }
+        )
+    return coverage
+
+
+# --------------------------------------------------------------------------------------------
+# Great Expectations
+# --------------------------------------------------------------------------------------------
+
+
+def _context(docs_dir: Path) -> Any:
+    """An in-memory GE context (no analytics, no progress bars) with one Data Docs site in ``docs_dir``."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    context.add_data_docs_site(
+        site_name=DOCS_SITE_NAME,
+        site_config={
+            "class_name": "SiteBuilder",
+            "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return context
+
+
+def _run_table(context: Any, datasource: Any, table: str, frame: pd.DataFrame, checks: list[Check]) -> list[Any]:
+    """Validate ``frame`` against ``checks`` through a checkpoint that updates the Data Docs."""
+    import great_expectations as gx
+
+    asset = datasource.add_dataframe_asset(name=table)
+    batch = asset.add_batch_definition_whole_dataframe(name=f"{table}_all")
+    suite = context.suites.add(gx.ExpectationSuite(name=f"pspnet_{table}"))
+    for check in checks:
+        suite.add_expectation(check.build())
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"pspnet_{table}_validation", data=batch, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name=f"pspnet_{table}_checkpoint",
+            validation_definitions=[definition],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE_NAME])],
+            result_format=RESULT_FORMAT,
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return [r for run in result.run_results.values() for r in run.results]
+
+
+def _raised(info: Any) -> str | None:
+    """The message of an exception GE caught while evaluating an expectation, if any."""
+    if isinstance(info, dict):
+        if info.get("raised_exception"):
+            return str(info.get("exception_message") or "unknown error")
+        for value in info.values():
+            message = _raised(value)
+            if message:
+                return message
+    return None
+
+
+@dataclass
+class Outcome:
+    """The result of one check: did it pass, which rows (ids) failed, or what error GE hit."""
+
+    check: Check
+    success: bool
+    #: Rows that failed (GE's count: a duplicated id counts once per row).
+    unexpected_count: int
+    #: Their ids, each once, in table order.
+    unexpected_ids: list[str]
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.check.name,
+            "table": self.check.table,
+            "column": self.check.column,
+            "description": self.check.description,
+            "success": self.success,
+            "unexpected_count": self.unexpected_count,
+            "unexpected_ids": self.unexpected_ids,
+            "error": self.error,
+        }
+
+
+def _outcomes(results: list[Any], checks: list[Check]) -> list[Outcome]:
+    """Match GE results back to our checks (through the expectation's ``meta.check``)."""
+    by_name = {c.name: c for c in checks}
+    outcomes = []
+    for result in results:
+        check = by_name[result.expectation_config.meta["check"]]
+        ids = [str(entry["id"]) for entry in result.result.get("unexpected_index_list") or []]
+        error = _raised(result.exception_info)
+        count = int(result.result.get("unexpected_count") or len(ids))
+        outcomes.append(Outcome(check, bool(result.success) and error is None, count, list(dict.fromkeys(ids)), error))
+    return outcomes
+
+
+def run_expectations(tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path) -> list[Outcome]:
+    """Validate every table with its checks; the Data Docs site is built in ``docs_dir``."""
+    context = _context(docs_dir)
+    datasource = context.data_sources.add_pandas(name="pspnet")
+    outcomes = []
+    for table, frame in tables.items():
+        table_checks = [c for c in checks if c.table == table]
+        if table_checks:
+            outcomes += _outcomes(_run_table(context, datasource, table, frame, table_checks), table_checks)
+    return outcomes
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+
+def failing_samples(profile: pd.DataFrame, outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """Every sample id some sample check failed, in manifest order, with its problems and fixes."""
+    failed_checks: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.check.table == SAMPLES_TABLE:
+            for sample_id in outcome.unexpected_ids:
+                failed_checks.setdefault(sample_id, []).append(outcome)
+    failures = []
+    for sample_id, rows in profile.groupby("id", sort=False):
+        if sample_id not in failed_checks:
+            continue
+        first = rows.iloc[0].to_dict()
+        problems = list(dict.fromkeys(p for cell in rows["problems"] for p in problem_list(cell)))
+        for outcome in failed_checks[sample_id]:
+            if outcome.check.explain is not None:
+                problems.append(outcome.check.explain(first))
+        if not problems:  # cannot happen while profile and checks agree; never hide a failure
+            problems = [f"failed: {o.check.description}" for o in failed_checks[sample_id]]
+        names = [o.check.name for o in failed_checks[sample_id]]
+        failures.append({"id": sample_id, "split": first["split"], "failed_checks": names, "problems": problems})
+    return failures
+
+
+def failed_dataset_checks(tables: dict[str, pd.DataFrame], outcomes: list[Outcome]) -> list[str]:
+    """One line per failing row of a dataset-level table, or per check GE could not evaluate."""
+    lines = []
+    for outcome in outcomes:
+        if outcome.error:
+            check = outcome.check
+            lines.append(f"check {check.name!r} ({check.description}) could not be evaluated: {outcome.error}")
+        if outcome.check.table == SAMPLES_TABLE or outcome.success or outcome.check.explain is None:
+            continue
+        frame = tables[outcome.check.table]
+        for row in frame[frame["id"].isin(outcome.unexpected_ids)].to_dict("records"):
+            lines.append(outcome.check.explain(row))
+    return lines
+
+
+def error_message(
+    failures: list[dict[str, Any]],
+    dataset_failures: list[str],
+    limit: int,
+    report: str,
+    docs: str,
+    prepared: str = "the dataset",
+) -> str:
+    """The :class:`DataError` text: each failing sample with its fixes, then each failed dataset check.
+
+    At most ``limit`` of each are listed; the rest are counted ("... and N more").
+    """
+    lines = [
+        f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
+        f"{len(dataset_failures)} failed dataset-level check(s) (sample file paths are relative to {prepared}). "
+        f"Report: {report}; Data Docs: {docs}"
+    ]
+    if failures:
+        lines.append("Failing samples:")
+        for failure in failures[:limit]:
+            lines.append(f"  - {failure['id']} ({failure['split']}): " + "; ".join(failure["problems"]))
+        if len(failures) > limit:
+            lines.append(f"  ... and {len(failures) - limit} more (all are listed in {report})")
+    if dataset_failures:
+        lines.append("Failed dataset-level checks:")
+        lines += [f"  - {line}" for line in dataset_failures[:limit]]
+        if len(dataset_failures) > limit:
+            lines.append(f"  ... and {len(dataset_failures) - limit} more (all are listed in {report})")
+    return "\n".join(lines)
+
+
+def _write_profile(path: Path, profile: pd.DataFrame) -> None:
+    with io.atomic_path(path) as tmp:
+        profile.to_csv(tmp, index=False)
+
+
+def _fail_early(report_dir: Path, prepared: str, err: DataError) -> NoReturn:
+    """The dataset cannot even be profiled: write a summary saying why, drop stale docs, re-raise."""
+    shutil.rmtree(report_dir / DOCS_DIR, ignore_errors=True)
+    io.write_json(report_dir / SUMMARY_FILE, {"success": False, "prepared": prepared, "error": str(err)})
+    raise err
+
+
+def validate(params: Params, root: Path) -> dict[str, Any]:
+    """Stage ``validate``: run the gate on ``root / params.paths.prepared``.
+
+    Writes ``<reports>/validation/summary.json`` and ``<reports>/validation/data_docs/``
+    (the GE site, built in a temp folder and swapped in whole, plus ``profile.csv``). Returns
+    a short summary; raises :class:`DataError` (after writing the report) if any check failed.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    prepared_dir = root / params.paths.prepared
+    report_dir = root / params.paths.reports / VALIDATION_DIR
+    report_rel = f"{params.paths.reports}/{VALIDATION_DIR}"
+    try:
+        classes = ClassTable.load(prepared_dir / CLASSES_FILE)
+        profile = profile_dataset(prepared_dir, classes, num_workers=params.validate_.num_workers)
+    except DataError as err:
+        _fail_early(report_dir, params.paths.prepared, err)
+
+    tables = {
+        SAMPLES_TABLE: profile,
+        SPLITS_TABLE: split_table(profile, params.validate_.required_splits),
+        CLASSES_TABLE: class_table(profile, classes),
+    }
+    checks = sample_checks(params) + dataset_checks(params)
+    with io.atomic_dir(report_dir / DOCS_DIR) as docs_tmp:
+        outcomes = run_expectations(tables, checks, docs_tmp)
+        _write_profile(docs_tmp / PROFILE_FILE, profile)
+
+    failures = failing_samples(profile, outcomes)
+    dataset_failures = failed_dataset_checks(tables, outcomes)
+    success = all(o.success for o in outcomes) and not failures and not dataset_failures
+    summary = {
+        "success": success,
+        "prepared": params.paths.prepared,
+        "num_samples": len(profile),
+        "counts_per_split": {str(k): int(v) for k, v in profile["split"].value_counts(sort=False).items()},
+        "expectations": [o.to_json() for o in outcomes],
+        "failing_samples": failures,
+        "failed_dataset_checks": dataset_failures,
+        "class_coverage": class_coverage(profile, classes),
+        "data_docs": f"{report_rel}/{DOCS_DIR}/index.html",
+        "profile": f"{report_rel}/{DOCS_DIR}/{PROFILE_FILE}",
+    }
+    io.write_json(report_dir / SUMMARY_FILE, summary)
+    if not success:
+        raise DataError(
+            error_message(
+                failures,
+                dataset_failures,
+                params.validate_.max_failures_listed,
+                f"{report_rel}/{SUMMARY_FILE}",
+                summary["data_docs"],
+                params.paths.prepared,
+            )
+        )
+    return {
+        "success": True,
+        "num_samples": len(profile),
+        "counts_per_split": summary["counts_per_split"],
+        "expectations": len(outcomes),
+        "summary": f"{report_rel}/{SUMMARY_FILE}",
+        "data_docs": summary["data_docs"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
