@@ -1,0 +1,200 @@
+"""The ``evaluate`` stage: score the trained checkpoint on the val split, plot, log to MLflow.
+
+Reads ``models/checkpoint.pt``, ``models/mlflow_run.json`` and the prepared dataset; writes
+``metrics/eval.json``, ``metrics/per_class_iou.csv``, ``plots/confusion_matrix.png``,
+``plots/training_curve.png`` and ``plots/overlays/<id>.png``, then logs ``val_*`` metrics and
+those files (under ``evaluation/``) into the MLflow run that ``train`` opened, so one run holds
+a model's parameters, training curve and validation scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from pspnet import io
+from pspnet.config import Params
+from pspnet.data.classes import CLASSES_FILE, ClassTable
+from pspnet.data.manifest import MANIFEST_FILE, read_manifest, split_rows
+from pspnet.errors import ConfigError, DataError, PspnetError
+from pspnet.evaluate.inference import make_loader, predict_loader
+from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
+from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay, plot_training_curve
+from pspnet.registry.tracking import RunRef, setup_mlflow
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+RUN_REF_FILE = "mlflow_run.json"
+EVAL_JSON = "eval.json"
+PER_CLASS_CSV = "per_class_iou.csv"
+TRAIN_HISTORY_CSV = "train_history.csv"
+CONFUSION_PNG = "confusion_matrix.png"
+TRAINING_CURVE_PNG = "training_curve.png"
+OVERLAYS_DIR = "overlays"
+#: The split scored by this stage.
+SPLIT = "val"
+#: Folder of the MLflow run's artifacts that receives this stage's files.
+ARTIFACT_DIR = "evaluation"
+
+
+def _safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in file names and MLflow metric keys."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
+
+
+def _write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[str, ...]) -> None:
+    frame = pd.DataFrame(
+        {"class": list(names), "iou": result.iou, "acc": result.acc, "pixels": result.target.astype(np.int64)}
+    )
+    with io.atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _load_display_image(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
+    """The raw RGB image from disk (uint8), resized to the prediction's size if the transform changed it."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+        if rgb.size != (size_hw[1], size_hw[0]):
+            rgb = rgb.resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def _log_to_mlflow(ref: RunRef, metrics: dict[str, float], files: list[tuple[Path, str]], overlays: Path) -> None:
+    import mlflow
+
+    try:
+        with mlflow.start_run(run_id=ref.run_id):
+            mlflow.log_metrics(metrics)
+            for path, artifact_path in files:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            if any(overlays.iterdir()):
+                mlflow.log_artifacts(str(overlays), artifact_path=f"{ARTIFACT_DIR}/plots/{OVERLAYS_DIR}")
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(f"could not log the evaluation into MLflow run {ref.run_id}: {err}") from None
+
+
+def evaluate(params: Params, root: Path) -> dict[str, Any]:
+    """Score ``models/checkpoint.pt`` on the val split; write metrics and plots; log to MLflow.
+
+    Returns ``{"miou", "miou_absent_as_zero", "macc", "allacc", "num_images", "run_id", "seconds"}``.
+    """
+    import mlflow
+
+    from pspnet.data.dataset import SegmentationDataset
+    from pspnet.data.transforms import eval_transform
+    from pspnet.model.checkpoint import load_checkpoint
+    from pspnet.train.stage import resolve_device
+
+    started = time.perf_counter()
+    root = Path(root)
+    cfg = params.evaluate
+    prepared = root / params.paths.prepared
+    models_dir = root / params.paths.models
+    metrics_dir = root / params.paths.metrics
+    plots_dir = root / params.paths.plots
+
+    # Everything that can fail cheaply fails before inference.
+    classes = ClassTable.load(prepared / CLASSES_FILE)
+    if classes.ignore_index != params.data.ignore_index:
+        raise ConfigError(
+            f"data.ignore_index is {params.data.ignore_index} but {prepared / CLASSES_FILE} says "
+            f"{classes.ignore_index}; re-run `prepare` or fix params.yaml."
+        )
+    val_rows = split_rows(read_manifest(prepared / MANIFEST_FILE), SPLIT)
+    ref = RunRef.load(models_dir / RUN_REF_FILE)
+    setup_mlflow(params.mlflow, root)
+    try:
+        mlflow.get_run(ref.run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(
+            f"{models_dir / RUN_REF_FILE}: MLflow run {ref.run_id} is not in the tracking store "
+            f"{mlflow.get_tracking_uri()!r} (train logged to {ref.tracking_uri!r}): {err}. Re-run `train`."
+        ) from None
+    device = resolve_device(params.train.device)
+    ckpt = load_checkpoint(models_dir / CHECKPOINT_FILE, map_location="cpu")
+    if ckpt.num_classes != classes.num_classes:
+        raise PspnetError(
+            f"{models_dir / CHECKPOINT_FILE} predicts {ckpt.num_classes} classes but {prepared / CLASSES_FILE} "
+            f"lists {classes.num_classes}. Re-run `train` on the current dataset."
+        )
+    trained_names = ckpt.meta.get("class_names")
+    if trained_names is not None and list(trained_names) != list(classes.names):
+        raise PspnetError(
+            f"{models_dir / CHECKPOINT_FILE} was trained on classes {list(trained_names)} but "
+            f"{prepared / CLASSES_FILE} lists {list(classes.names)}. Re-run `train` on the current dataset."
+        )
+    model = ckpt.model.to(device).eval()
+
+    # Normalise exactly as the checkpoint's model was trained (its stored config), not as params say now.
+    dataset = SegmentationDataset(prepared, SPLIT, eval_transform(params.model_copy(update={"model": ckpt.model_cfg})))
+    if len(dataset) == 0:
+        raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
+    ids = [str(i) for i in getattr(dataset, "ids", val_rows["id"].tolist())]
+    image_paths = dict(zip(val_rows["id"].astype(str), val_rows["image"]))
+    loader = make_loader(dataset, cfg.batch_size, params.train.num_workers, pin_memory=device.type == "cuda")
+
+    confusion = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
+    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for indices, preds, masks in predict_loader(model, loader, device, cfg, desc=f"evaluate {SPLIT}"):
+        confusion.update(preds, masks)
+        for row, index in enumerate(indices):
+            if index < cfg.num_overlays:
+                kept[index] = (masks[row].cpu().numpy(), preds[row].cpu().numpy())
+    result = confusion.compute()
+    if result.num_pixels == 0:
+        raise DataError(f"every pixel of the '{SPLIT}' split is ignore ({classes.ignore_index}); nothing to score.")
+
+    # Files.
+    summary = result.summary(classes.names)
+    eval_json = {**summary, "num_images": len(dataset)}
+    io.write_json(metrics_dir / EVAL_JSON, eval_json)
+    _write_per_class_csv(metrics_dir / PER_CLASS_CSV, result, classes.names)
+    plot_confusion_matrix(result.matrix, classes.names, plots_dir / CONFUSION_PNG,
+                          title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
+    plot_training_curve(metrics_dir / TRAIN_HISTORY_CSV, plots_dir / TRAINING_CURVE_PNG)
+    overlays_dir = plots_dir / OVERLAYS_DIR
+    with io.atomic_dir(overlays_dir) as tmp_dir:
+        for index in sorted(kept):
+            target, pred = kept[index]
+            sample_id = ids[index]
+            if sample_id not in image_paths:
+                raise DataError(f"{prepared / MANIFEST_FILE}: no '{SPLIT}' row for sample id {sample_id!r}")
+            image = _load_display_image(prepared / image_paths[sample_id], pred.shape)
+            out = tmp_dir / f"{_safe_name(sample_id)}.png"
+            if out.exists():  # two ids that sanitise to the same name
+                out = tmp_dir / f"{_safe_name(sample_id)}-{index}.png"
+            plot_overlay(image, target, pred, classes.names, classes.colors, out,
+                         ignore_index=classes.ignore_index, alpha=cfg.overlay_alpha, title=sample_id)
+
+    # MLflow: the train stage's run gets the validation scores and the files.
+    val_metrics = {f"val_{k}": v for k, v in summary.items() if k in ("miou", "miou_absent_as_zero", "macc", "allacc")}
+    val_metrics.update({f"val_iou_{_safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
+    val_metrics = {k: float(v) for k, v in val_metrics.items() if v is not None}
+    files = [
+        (metrics_dir / EVAL_JSON, ARTIFACT_DIR),
+        (metrics_dir / PER_CLASS_CSV, ARTIFACT_DIR),
+        (plots_dir / CONFUSION_PNG, f"{ARTIFACT_DIR}/plots"),
+        (plots_dir / TRAINING_CURVE_PNG, f"{ARTIFACT_DIR}/plots"),
+    ]
+    _log_to_mlflow(ref, val_metrics, files, overlays_dir)
+
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("evaluate: mIoU %.4f over %d images in %.1f s", result.miou, len(dataset), seconds)
+    return {
+        "miou": summary["miou"],
+        "miou_absent_as_zero": summary["miou_absent_as_zero"],
+        "macc": summary["macc"],
+        "allacc": summary["allacc"],
+        "num_images": len(dataset),
+        "run_id": ref.run_id,
+        "seconds": seconds,
+    }
