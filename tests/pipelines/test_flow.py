@@ -1,0 +1,86 @@
+"""The Prefect flow for real: Prefect honours the retry policy; the whole chain runs through DVC."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines import training
+from pipelines.training import StageFailed
+from tests.integration.conftest import make_tiny_project, run
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("prepare", "validate", "train", "evaluate", "register")
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """A temporary Prefect server and database, with Prefect's home in a temp folder."""
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        # None: use PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (raised in tests/conftest.py).
+        with prefect_test_harness(server_startup_timeout=None):
+            yield
+
+
+@pytest.mark.parametrize(("exit_code", "attempts"), [(3, 1), (2, 1), (1, 3)])
+def test_prefect_retries_only_transient_failures(
+    prefect_server: None, monkeypatch: pytest.MonkeyPatch, exit_code: int, attempts: int
+) -> None:
+    from prefect import flow
+
+    calls: list[str] = []
+
+    def failing_repro(stage: str, project_dir: str, logger: object = None) -> dict:
+        calls.append(stage)
+        raise StageFailed(stage, exit_code, 255, f"exited with {exit_code}")
+
+    monkeypatch.setattr(training, "repro_stage", failing_repro)
+    train = training.train_stage.with_options(retry_delay_seconds=0)
+
+    @flow
+    def one_stage() -> dict:
+        return train(".")
+
+    with pytest.raises(StageFailed) as info:
+        one_stage()
+    assert info.value.exit_code == exit_code
+    assert len(calls) == attempts
+
+
+def flow_cmd(project: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.training", "--project-dir", str(project)]
+
+
+@pytest.mark.slow
+def test_flow_runs_every_stage_through_dvc(tmp_path: Path) -> None:
+    project = make_tiny_project(tmp_path / "project")
+    result = run(flow_cmd(project), cwd=project)
+
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert list(summary["stages"]) == list(STAGES)
+    assert all(s["ran"] for s in summary["stages"].values()), summary
+    assert summary["registry"]["decision"] == "promoted"
+    # DVC recorded every stage: a plain `dvc repro` afterwards has nothing to do.
+    assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == set(STAGES)
+    again = run([sys.executable, "-m", "dvc", "repro"], project)
+    assert "Running stage" not in again.stdout, again.stdout
+    # Prefect's state stayed in the project (PREFECT_HOME), not in the user's home.
+    assert (project / ".prefect").is_dir()
+
+
+@pytest.mark.slow
+def test_flow_stops_on_a_data_error_with_its_exit_code(tmp_path: Path) -> None:
+    project = make_tiny_project(tmp_path / "project", {"validate": {"min_samples_per_split": 10_000}})
+    result = run(flow_cmd(project), cwd=project, check=False)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "stage 'validate' failed (stage exit code 3" in result.stderr
+    assert not (project / "models" / "checkpoint.pt").exists()
