@@ -1,0 +1,73 @@
+"""The pyramid pooling module (PPM), section 3.3 of the paper.
+
+For every bin size ``b`` the feature map is average-pooled to ``b x b``, reduced by a bias-free
+1x1 conv + BN + ReLU to ``in_channels / len(bins)`` channels and upsampled bilinearly back to
+the feature size; the branches are concatenated with the input, so with the default four bins
+the output has ``2 * in_channels`` channels (2048 -> 4096 for ResNet-50).
+
+Adaptive pooling is used as in the official PyTorch code (the Caffe release's fixed kernels
+equal it only at its training sizes); upsampling uses ``align_corners=True`` like that code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PoolingBranch(nn.Sequential):
+    """One pyramid level: ``(N,C,h,w)`` -> adaptive avg pool ``(N,C,b,b)`` -> ``(N,R,b,b)``."""
+
+    def __init__(self, in_channels: int, reduction_channels: int, bin_size: int) -> None:
+        super().__init__(
+            nn.AdaptiveAvgPool2d(bin_size),
+            nn.Conv2d(in_channels, reduction_channels, kernel_size=1, bias=False),
+            nn.BatchNorm2d(reduction_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.bin_size = bin_size
+
+
+class PyramidPoolingModule(nn.Module):
+    """Concatenate a feature map with its pooled, reduced and upsampled pyramid.
+
+    Args:
+        in_channels: channels ``C`` of the input feature map.
+        bins: pooled output sizes, one branch each (paper: 1, 2, 3, 6).
+        reduction_channels: channels ``R`` of each branch; default ``C // len(bins)``.
+
+    Shapes:
+        ``(N, C, h, w)`` -> ``(N, C + len(bins) * R, h, w)`` (``2C`` with the defaults when
+        ``len(bins)`` divides ``C``); :attr:`out_channels` holds that number.
+
+    Note:
+        In training mode BatchNorm of the 1x1 bin needs more than one value per channel, so
+        a training batch must hold at least two images.
+    """
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), reduction_channels: int | None = None) -> None:
+        super().__init__()
+        if not bins:
+            raise ValueError("bins must name at least one pooled size")
+        if any(b < 1 for b in bins):
+            raise ValueError(f"bin sizes must be positive, got {list(bins)}")
+        if reduction_channels is None:
+            reduction_channels = in_channels // len(bins)
+        if reduction_channels < 1:
+            raise ValueError(f"{len(bins)} bins leave no channels per branch from {in_channels} input channels")
+        self.in_channels = in_channels
+        self.reduction_channels = reduction_channels
+        self.bins = tuple(int(b) for b in bins)
+        self.out_channels = in_channels + len(self.bins) * reduction_channels
+        self.branches = nn.ModuleList(PoolingBranch(in_channels, reduction_channels, b) for b in self.bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (N,C,h,w) -> (N, out_channels, h, w): ``[x, up(branch_1(x)), ...]``."""
+        size = x.shape[-2:]
+        pyramid = [x]
+        for branch in self.branches:
+            pyramid.append(F.interpolate(branch(x), size=size, mode="bilinear", align_corners=True))
+        return torch.cat(pyramid, dim=1)

@@ -1,0 +1,109 @@
+"""PSPNet (Zhao et al., CVPR 2017): dilated ResNet + pyramid pooling module + head (+ aux head).
+
+Layout (ResNet-50, output stride 8, input ``(N,3,H,W)``, ``h, w = ceil(H/8), ceil(W/8)``)::
+
+    encoder.layer3 (N,1024,h,w) ----------------------------> aux head -> (N,K,h,w) -> up -> (N,K,H,W)
+    encoder.layer4 (N,2048,h,w) -> PPM (N,4096,h,w) -> head -> (N,K,h,w) -> up -> (N,K,H,W)
+
+Head: 3x3 conv (no bias) -> ``head_channels`` + BN + ReLU + Dropout2d + 1x1 conv to K classes.
+Aux head: the same on layer3 with ``aux_channels``. Widths default to the paper's proportions
+so ResNet-50+ reproduces it exactly (512 = PPM output / 8; 256 = layer3 / 4) and ResNet-18/34
+keep those proportions (128 and 64). With a ResNet-50 encoder and 150 classes the model has
+49,057,132 parameters, the official count for a torchvision-stem ResNet-50.
+
+The auxiliary head exists for deep supervision only: it runs in training mode, never in eval.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pspnet.config import ModelConfig
+from pspnet.model.encoder import ResNetEncoder
+from pspnet.model.ppm import PyramidPoolingModule
+
+#: Default head width = PPM output channels // this (4096 // 8 = 512 in the paper).
+HEAD_WIDTH_DIVISOR = 8
+#: Default aux-head width = layer3 channels // this (1024 // 4 = 256 in the paper).
+AUX_WIDTH_DIVISOR = 4
+
+
+class SegmentationHead(nn.Sequential):
+    """``(N,C_in,h,w)`` -> 3x3 conv (no bias) + BN + ReLU + Dropout2d -> 1x1 conv -> ``(N,K,h,w)``."""
+
+    def __init__(self, in_channels: int, mid_channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(mid_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(p=dropout),
+            nn.Conv2d(mid_channels, num_classes, kernel_size=1),
+        )
+
+
+class PSPNet(nn.Module):
+    """Pyramid scene parsing network.
+
+    Args:
+        encoder: a :class:`ResNetEncoder` (returns layer3 and layer4 features).
+        ppm: the pyramid pooling module over the layer4 features.
+        head: maps the PPM output to class logits at feature resolution.
+        aux_head: maps layer3 features to class logits, or ``None`` (no deep supervision).
+
+    ``forward(x)``, ``x`` float32 ``(N,3,H,W)`` already normalised:
+        - eval mode: logits ``(N,K,H,W)``;
+        - train mode: ``(logits, aux_logits)``, both ``(N,K,H,W)``; ``aux_logits`` is ``None``
+          when there is no auxiliary head.
+    """
+
+    def __init__(
+        self,
+        encoder: ResNetEncoder,
+        ppm: PyramidPoolingModule,
+        head: nn.Module,
+        aux_head: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.ppm = ppm
+        self.head = head
+        self.aux_head = aux_head
+
+    @staticmethod
+    def _upsample(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        size = x.shape[-2:]
+        c3, c4 = self.encoder(x)
+        logits = self._upsample(self.head(self.ppm(c4)), size)
+        if not self.training:
+            return logits
+        aux = self._upsample(self.aux_head(c3), size) if self.aux_head is not None else None
+        return logits, aux
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the (pretrainable) encoder: trained at the base learning rate."""
+        return list(self.encoder.parameters())
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the layers the paper adds (PPM, head, aux head): 10x learning rate."""
+        encoder_ids = {id(p) for p in self.encoder.parameters()}
+        return [p for p in self.parameters() if id(p) not in encoder_ids]
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> PSPNet:
+    """Build the PSPNet that ``cfg`` describes, with ``num_classes`` output channels."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    encoder = ResNetEncoder(cfg.encoder, output_stride=cfg.output_stride, weights=cfg.encoder_weights)
+    ppm = PyramidPoolingModule(encoder.out_channels, bins=cfg.ppm_bins)
+    head_channels = cfg.head_channels or max(1, ppm.out_channels // HEAD_WIDTH_DIVISOR)
+    head = SegmentationHead(ppm.out_channels, head_channels, num_classes, cfg.dropout)
+    aux_head = None
+    if cfg.aux_weight > 0:
+        aux_channels = cfg.aux_channels or max(1, encoder.aux_channels // AUX_WIDTH_DIVISOR)
+        aux_head = SegmentationHead(encoder.aux_channels, aux_channels, num_classes, cfg.dropout)
+    return PSPNet(encoder, ppm, head, aux_head)

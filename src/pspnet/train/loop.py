@@ -1,0 +1,155 @@
+"""One training epoch: forward, the deep-supervision loss, SGD step, poly LR step, progress bar.
+
+Loss (paper section 3.4): ``CE(main) + aux_weight * CE(aux)``, both over the pixels whose
+label is not ``ignore_index``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pspnet.errors import PspnetError
+
+#: ``on_step(global_step, loss, lr)`` is called after every optimisation step (``lr``: the
+#: encoder group's rate that step used; the new layers' is ``head_lr_multiplier`` times it).
+StepCallback = Callable[[int, float, float], None]
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Mean pixel cross-entropy over non-ignored pixels; 0 (not NaN) when every pixel is ignored.
+
+    ``logits`` (N,K,H,W) float, ``target`` (N,H,W) int64.
+    """
+    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
+    valid = (target != ignore_index).sum().clamp(min=1)
+    return total / valid
+
+
+def segmentation_loss(
+    outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None],
+    target: torch.Tensor,
+    aux_weight: float,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """``CE(main) + aux_weight * CE(aux)``; ``outputs`` is the train-mode ``(logits, aux_or_None)``
+    (a bare logits tensor is accepted too)."""
+    if isinstance(outputs, torch.Tensor):
+        main, aux = outputs, None
+    else:
+        main, aux = outputs
+    loss = cross_entropy(main, target, ignore_index)
+    if aux is not None and aux_weight > 0:
+        loss = loss + aux_weight * cross_entropy(aux, target, ignore_index)
+    return loss
+
+
+def _to_float(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    main, aux = outputs
+    return main.float(), (aux.float() if aux is not None else None)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one epoch did: mean loss over its steps, counts and timing."""
+
+    epoch: int
+    loss: float
+    steps: int
+    images: int
+    seconds: float
+    #: The encoder group's learning rate used by the epoch's last step.
+    lr: float
+    #: Optimisation steps done since training began, this epoch included.
+    global_step: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    device: torch.device,
+    aux_weight: float,
+    ignore_index: int = 255,
+    epoch: int = 1,
+    epochs: int = 1,
+    global_step: int = 0,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+    amp: bool = False,
+) -> EpochStats:
+    """Train ``model`` for one pass over ``loader`` (batches of ``(image, mask)``).
+
+    The progress bar shows the running mean loss, the current encoder LR, the rate and the
+    ETA. ``amp`` runs the forward pass under bfloat16 autocast (weights, gradients and the
+    loss stay float32). Raises :class:`PspnetError` when the loss stops being finite.
+    """
+    model.train()
+    start = time.perf_counter()
+    total_loss = 0.0
+    steps = 0
+    images = 0
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(
+        loader,
+        total=total,
+        desc=f"epoch {epoch}/{epochs}",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    lr = optimizer.param_groups[0]["lr"]
+    for image, mask in bar:
+        image = image.to(device, non_blocking=True)
+        mask = mask.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = model(image)
+        if amp:
+            outputs = _to_float(outputs)
+        loss = segmentation_loss(outputs, mask, aux_weight, ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.detach())
+        global_step += 1
+        if not math.isfinite(value):
+            raise PspnetError(
+                f"training diverged: loss is {value} at epoch {epoch}, step {global_step}. "
+                "Lower train.lr or check the labels (ids must be < number of classes or the ignore index)."
+            )
+        steps += 1
+        images += int(image.shape[0])
+        total_loss += value
+        bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if on_step is not None:
+            on_step(global_step, value, lr)
+    bar.close()
+    if steps == 0:
+        raise PspnetError("the training loader yielded no batch; is train.batch_size larger than the train split?")
+    return EpochStats(
+        epoch=epoch,
+        loss=total_loss / steps,
+        steps=steps,
+        images=images,
+        seconds=time.perf_counter() - start,
+        lr=lr,
+        global_step=global_step,
+    )

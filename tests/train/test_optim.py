@@ -1,0 +1,123 @@
+"""Two parameter groups (x10 for new layers) and the poly schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pspnet.config import ModelConfig, TrainConfig
+from pspnet.model.pspnet import PSPNet, build_model
+from pspnet.train.loop import cross_entropy, segmentation_loss
+from pspnet.train.optim import build_optimizer, build_scheduler, poly_factor
+
+
+@pytest.fixture(scope="module")
+def model() -> PSPNet:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(encoder="resnet18", head_channels=16, aux_channels=8), 4)
+
+
+def test_two_groups_with_ten_times_lr_for_new_layers(model: PSPNet) -> None:
+    opt = build_optimizer(model, TrainConfig(lr=0.01, head_lr_multiplier=10.0, momentum=0.9, weight_decay=1e-4))
+    enc, new = opt.param_groups
+    assert enc["name"] == "encoder" and enc["lr"] == pytest.approx(0.01)
+    assert new["name"] == "new" and new["lr"] == pytest.approx(0.1)
+    assert all(g["momentum"] == 0.9 and g["weight_decay"] == 1e-4 for g in opt.param_groups)
+    enc_ids = {id(p) for p in enc["params"]}
+    new_ids = {id(p) for p in new["params"]}
+    assert enc_ids == {id(p) for p in model.encoder.parameters()}
+    expected_new = {id(p) for m in (model.ppm, model.head, model.aux_head) for p in m.parameters()}
+    assert new_ids == expected_new
+    # Every parameter in exactly one group.
+    all_ids = [id(p) for p in model.parameters()]
+    assert not enc_ids & new_ids
+    assert enc_ids | new_ids == set(all_ids)
+    assert len(enc["params"]) + len(new["params"]) == len(all_ids)
+
+
+def test_poly_factor_values() -> None:
+    f = poly_factor(100, 0.9)
+    assert f(0) == 1.0
+    assert f(50) == pytest.approx(0.5**0.9)
+    assert f(90) == pytest.approx(0.1**0.9)
+    assert f(100) == 0.0
+    assert f(150) == 0.0
+
+
+def test_scheduler_applies_poly_to_both_groups(model: PSPNet) -> None:
+    opt = build_optimizer(model, TrainConfig(lr=0.02, head_lr_multiplier=10.0))
+    sched = build_scheduler(opt, max_iter=10, power=0.9)
+    seen = []
+    for _ in range(10):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for i, (enc, new) in enumerate(seen):
+        assert enc == pytest.approx(0.02 * (1 - i / 10) ** 0.9)
+        assert new == pytest.approx(0.2 * (1 - i / 10) ** 0.9)
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+
+
+def test_loss_combines_main_and_aux_and_skips_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    main = torch.randn(2, 3, 4, 5)
+    aux = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0] = 255
+    expected = torch.nn.functional.cross_entropy(main, target, ignore_index=255) + 0.4 * torch.nn.functional.cross_entropy(
+        aux, target, ignore_index=255
+    )
+    assert segmentation_loss((main, aux), target, 0.4, 255) == pytest.approx(float(expected))
+    assert segmentation_loss((main, None), target, 0.4, 255) == pytest.approx(float(cross_entropy(main, target, 255)))
+    all_ignored = torch.full((2, 4, 5), 255)
+    assert float(cross_entropy(main, all_ignored, 255)) == 0.0
+
+
+class _TinySeg(torch.nn.Module):
+    """A 1x1-conv 'segmenter' returning the train-mode tuple; ``scale`` can poison its output."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.conv(x) * self.scale, None
+
+
+def _loader(n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(n):
+        mask = torch.randint(0, 2, (2, 6, 7), generator=g)
+        image = torch.stack([mask.float(), 1 - mask.float(), torch.zeros_like(mask, dtype=torch.float)], 1)
+        batches.append((image, mask))
+    return batches
+
+
+def test_train_one_epoch_steps_the_schedule_and_reports() -> None:
+    from pspnet.train.loop import train_one_epoch
+
+    model = _TinySeg()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = build_scheduler(opt, max_iter=8, power=1.0)
+    seen: list[tuple[int, float, float]] = []
+    stats = train_one_epoch(
+        model, _loader(), opt, sched, device=torch.device("cpu"), aux_weight=0.4, on_step=lambda *a: seen.append(a), progress=False
+    )
+    assert stats.steps == 4 and stats.images == 8 and stats.global_step == 4
+    assert [s[0] for s in seen] == [1, 2, 3, 4]
+    assert [s[2] for s in seen] == pytest.approx([0.5, 0.4375, 0.375, 0.3125])  # lr used by each step
+    assert stats.lr == pytest.approx(0.3125)
+    assert seen[-1][1] < seen[0][1]
+
+
+def test_divergence_is_reported() -> None:
+    from pspnet.errors import PspnetError
+    from pspnet.train.loop import train_one_epoch
+
+    model = _TinySeg(scale=float("nan"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, max_iter=4, power=0.9)
+    with pytest.raises(PspnetError, match="diverged.*step 1"):
+        train_one_epoch(model, _loader(), opt, sched, device=torch.device("cpu"), aux_weight=0.0, progress=False)

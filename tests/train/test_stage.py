@@ -1,0 +1,139 @@
+"""The train stage end to end on a tiny prepared dataset with a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pspnet.config import Params, parse_params
+from pspnet.errors import ConfigError, PspnetError
+from pspnet.model.checkpoint import load_checkpoint
+from pspnet.registry.tracking import RunRef
+from pspnet.train.stage import resolve_amp, resolve_device, train
+from tests.train.tinydata import NAMES, write_prepared
+
+TINY = {
+    "model": {"encoder": "resnet18", "head_channels": 32, "aux_channels": 16},
+    "train": {
+        "epochs": 4,
+        "batch_size": 4,
+        "crop_size": [32, 40],
+        "scale_range": [0.9, 1.1],
+        "lr": 0.01,
+        "log_every_n_steps": 1,
+        "device": "cpu",
+    },
+    "mlflow": {"experiment_name": "unit-train"},
+}
+
+
+def _params(**overrides: dict) -> Params:
+    raw = json.loads(json.dumps(TINY))
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_params(raw)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    write_prepared(root / "data" / "prepared", n_train=8, n_val=2, height=32, width=40)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return root
+
+
+def test_train_writes_outputs_and_tracks_the_run(project: Path, tmp_path: Path) -> None:
+    summary = train(_params(), project)
+
+    # Files.
+    checkpoint = project / "models" / "checkpoint.pt"
+    assert checkpoint.is_file()
+    ref = RunRef.load(project / "models" / "mlflow_run.json")
+    assert ref.run_id == summary["run_id"]
+    assert ref.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["steps"] == 8  # 8 images / batch 4 = 2 steps x 4 epochs
+    assert metrics["device"] == "cpu"
+    assert metrics["seconds"] > 0 and metrics["images_per_second"] > 0
+    with (project / "metrics" / "train_history.csv").open() as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
+    assert [int(r["step"]) for r in history] == [2, 4, 6, 8]
+    assert {"epoch", "step", "loss", "lr"} <= set(history[0])
+    losses = [float(r["loss"]) for r in history]
+    assert losses[-1] < losses[0], losses  # an easy task: training helps
+    assert metrics["final_loss"] == pytest.approx(losses[-1], rel=1e-4)
+    lrs = [float(r["lr"]) for r in history]
+    assert lrs == sorted(lrs, reverse=True)  # poly decay
+    # No temp files left behind by the atomic writes.
+    assert not [p for p in project.rglob(".*") if p.is_file()]
+
+    # Checkpoint content.
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.num_classes == 3
+    assert loaded.meta["class_names"] == list(NAMES)
+    assert loaded.meta["epoch"] == 4 and loaded.meta["step"] == 8
+    assert len(loaded.meta["class_colors"]) == 3
+
+    # MLflow run.
+    client = MlflowClient(tracking_uri=ref.tracking_uri)
+    run = client.get_run(ref.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.experiment_id == ref.experiment_id
+    assert client.get_experiment(ref.experiment_id).name == "unit-train"
+    assert run.data.params["train.epochs"] == "4"
+    assert run.data.params["model.encoder"] == "resnet18"
+    assert run.data.params["data.num_classes"] == "3"
+    assert {"train_loss", "lr", "step_loss", "step_lr", "final_loss"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(ref.run_id, "step_loss")) == 8
+    assert len(client.get_metric_history(ref.run_id, "train_loss")) == 4
+    artifacts = {a.path for a in client.list_artifacts(ref.run_id, "checkpoint")}
+    assert "checkpoint/checkpoint.pt" in artifacts
+
+
+def test_training_is_reproducible(project: Path) -> None:
+    params = _params(train={"epochs": 1, "amp": False})  # also covers the float32 path
+    first = train(params, project)
+    second = train(params, project)
+    assert first["final_loss"] == second["final_loss"]
+    assert first["amp"] is False
+    assert first["run_id"] != second["run_id"]
+
+
+def test_unusable_store_fails_before_training(project: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # MLflow 3 refuses the plain-folder store.
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    with pytest.raises(PspnetError, match="MLflow"):
+        train(_params(), project)
+    assert not (project / "models").exists()
+    assert not (project / "metrics").exists()
+    assert mlflow.active_run() is None
+
+
+def test_device_and_amp_resolution() -> None:
+    cpu = resolve_device("cpu")
+    assert cpu.type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_amp(False, cpu) is False and resolve_amp(True, cpu) is True
+    assert isinstance(resolve_amp("auto", cpu), bool)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="cuda"):
+            resolve_device("cuda")
+
+
+def test_too_small_train_split_is_a_data_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pspnet.errors import DataError
+
+    root = tmp_path / "small"
+    write_prepared(root / "data" / "prepared", n_train=1, n_val=1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(DataError, match="at least 2"):
+        train(_params(), root)
+    assert not (root / "models").exists()
