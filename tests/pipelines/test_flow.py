@@ -60,7 +60,6 @@ def flow_cmd(project: Path) -> list[str]:
     return [sys.executable, "-m", "pipelines.training", "--project-dir", str(project)]
 
 
-@pytest.mark.slow
 def test_flow_runs_every_stage_through_dvc(tmp_path: Path) -> None:
     project = make_tiny_project(tmp_path / "project")
     result = run(flow_cmd(project), cwd=project)

@@ -101,7 +101,7 @@ TRUNK_HEIGHT_OF_RADIUS = 1.0
 
 # Vehicles (car or boat: the same drawing) and persons, standing on the sand.
 VEHICLE_COUNT_RANGE = (1, 3)
-PERSON_COUNT_RANGE = (0, 2)
+PERSON_COUNT_RANGE = (1, 2)
 #: Object scale factor, drawn log-uniformly (then reduced if the object does not fit the sand).
 OBJECT_SCALE_RANGE = (0.5, 2.0)
 #: Vehicle width at scale 1, as a fraction of the image width.
@@ -119,8 +119,11 @@ WINDOW_HEIGHT_SHARE = 0.55
 #: Dark stripe along the bottom of the hull, as a share of the hull height.
 STRIPE_HEIGHT_SHARE = 0.2
 #: Person height at scale 1; width, head radius and torso height as shares of that height.
-PERSON_BASE_HEIGHT_FRAC = 0.16
-PERSON_WIDTH_SHARE = 0.34
+#: Sized so that even a scale-0.5 person keeps a labelled core a few pixels wide inside its
+#: ignore ring at the default 96x128: thinner people are below what an output-stride-8
+#: network can resolve there, and the class would score 0 whatever the model.
+PERSON_BASE_HEIGHT_FRAC = 0.27
+PERSON_WIDTH_SHARE = 0.45
 HEAD_RADIUS_SHARE = 0.13
 TORSO_HEIGHT_SHARE = 0.4
 #: The legs are narrower than the torso by this share of its width on each side.

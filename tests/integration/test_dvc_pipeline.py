@@ -1,0 +1,100 @@
+"""The whole pipeline through real `dvc repro`: GE gate, training, evaluation, MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from tests.integration.conftest import run
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("prepare", "validate", "train", "evaluate", "register")
+
+
+def ran_stages(output: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> None:
+    project = tiny_project
+    first = run(["dvc", "repro"], project)
+    assert ran_stages(first.stdout) == set(STAGES), first.stdout
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    assert (project / "plots" / "confusion_matrix.png").is_file()
+    assert (project / "plots" / "training_curve.png").is_file()
+    assert list((project / "plots" / "overlays").glob("*.png"))
+
+    # The MLflow store sits at the project root, holds one run with params, metrics and artifacts.
+    uri = f"sqlite:///{project.resolve()}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("pspnet").experiment_id])
+    assert len(runs) == 1
+    data = runs[0].data
+    assert data.params["train.epochs"] == "1"
+    assert {"train_loss", "val_miou", "val_macc", "val_allacc"} <= set(data.metrics)
+    assert {f"val_iou_{name}" for name in ("car", "boat")} <= set(data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"checkpoint", "evaluation"} <= artifacts, artifacts
+
+    # The champion alias resolves and predicts on an image of a size never seen in training.
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    champion = client.get_model_version_by_alias("pspnet", "champion")
+    assert str(champion.version) == "1"
+    model = mlflow.pytorch.load_model("models:/pspnet@champion")
+    image = torch.from_numpy(np.asarray(Image.new("RGB", (480, 360), (90, 120, 200)))).permute(2, 0, 1)
+    with torch.inference_mode():
+        logits = model(image[None].float())
+    num_classes = len(json.loads((project / "data" / "prepared" / "classes.json").read_text())["classes"])
+    assert tuple(logits.shape) == (1, num_classes, 360, 480)
+    registry = json.loads((project / "reports" / "registry.json").read_text())
+    assert registry["decision"] == "promoted"
+
+    # Nothing changed: no stage runs, quickly.
+    start = time.perf_counter()
+    second = run(["dvc", "repro"], project)
+    elapsed = time.perf_counter() - start
+    assert ran_stages(second.stdout) == set(), second.stdout
+    assert elapsed < 30, f"a no-op dvc repro took {elapsed:.1f}s"
+
+    # A train parameter changed: train, evaluate and register rerun, data stages do not.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run(["dvc", "repro"], project)
+    assert ran_stages(third.stdout) == {"train", "evaluate", "register"}, third.stdout
+    assert len(client.search_model_versions("name='pspnet'")) == 2
+
+
+def test_planted_bad_sample_stops_the_pipeline(tiny_project: Path) -> None:
+    project = tiny_project
+    run(["dvc", "repro", "prepare"], project)
+    prepared = project / "data" / "prepared"
+    victim = sorted((prepared / "masks").glob("*.png"))[0]
+    mask = np.asarray(Image.open(victim)).copy()
+    mask[0, 0] = 77  # a label id no class has
+    Image.fromarray(mask).save(victim)
+
+    result = run(["dvc", "repro", "--single-item", "validate"], project, check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert victim.stem in output and "77" in output, output[-3000:]
+    summary = json.loads((project / "reports" / "validation" / "summary.json").read_text())
+    assert summary["success"] is False
+    assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
+    assert not (project / "models" / "checkpoint.pt").exists()
