@@ -55,9 +55,15 @@ def resolve_stage(name: str) -> Callable[..., dict[str, Any]]:
     return getattr(importlib.import_module(module_name), func_name)
 
 
+#: Third-party loggers that are chatty at INFO (internal registrations, table creation).
+QUIET_LOGGERS = ("great_expectations", "mlflow.store", "alembic")
+
+
 def _configure_logging() -> None:
     level = os.environ.get("PSPNET_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def run_stage(name: str, params_file: Path, root: Path) -> dict[str, Any]:
