@@ -15,7 +15,8 @@ from pspnet.config import Params, parse_params
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.model.checkpoint import load_checkpoint
 from pspnet.registry.tracking import RunRef
-from pspnet.train.stage import resolve_amp, resolve_device, train
+from pspnet.device import resolve_device
+from pspnet.train.stage import resolve_amp, train
 from tests.train.tinydata import NAMES, write_prepared
 
 TINY = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pspnet import io
-from pspnet.errors import DataError
+from pspnet.errors import ConfigError, DataError
 
 CLASSES_FILE = "classes.json"
 
@@ -62,3 +62,15 @@ class ClassTable:
             raise DataError(f"{path}: class table not found. Run the `prepare` stage first (dvc repro prepare).") from None
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: malformed class table ({err}). Re-run `prepare` to rewrite it.") from None
+
+
+def load_classes(prepared_dir: str | Path, ignore_index: int) -> ClassTable:
+    """The class table of a prepared dataset, checked against the configured ``data.ignore_index``."""
+    path = Path(prepared_dir) / CLASSES_FILE
+    table = ClassTable.load(path)
+    if table.ignore_index != ignore_index:
+        raise ConfigError(
+            f"data.ignore_index is {ignore_index} but {path} says {table.ignore_index}; "
+            "re-run `prepare` or fix params.yaml."
+        )
+    return table

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from pspnet import io
 from pspnet.config import Params
-from pspnet.data.classes import CLASSES_FILE, ClassTable
+from pspnet.data.classes import CLASSES_FILE, load_classes
+from pspnet.device import resolve_device
 from pspnet.data.manifest import MANIFEST_FILE, read_manifest, split_rows
-from pspnet.errors import ConfigError, DataError, PspnetError
+from pspnet.errors import DataError, PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
 from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay, plot_training_curve
@@ -92,8 +92,6 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.transforms import eval_transform
     from pspnet.model.checkpoint import load_checkpoint
-    from pspnet.train.stage import resolve_device
-
     started = time.perf_counter()
     root = Path(root)
     cfg = params.evaluate
@@ -103,12 +101,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     plots_dir = root / params.paths.plots
 
     # Everything that can fail cheaply fails before inference.
-    classes = ClassTable.load(prepared / CLASSES_FILE)
-    if classes.ignore_index != params.data.ignore_index:
-        raise ConfigError(
-            f"data.ignore_index is {params.data.ignore_index} but {prepared / CLASSES_FILE} says "
-            f"{classes.ignore_index}; re-run `prepare` or fix params.yaml."
-        )
+    classes = load_classes(prepared, params.data.ignore_index)
     val_rows = split_rows(read_manifest(prepared / MANIFEST_FILE), SPLIT)
     ref = RunRef.load(models_dir / RUN_REF_FILE)
     setup_mlflow(params.mlflow, root)

@@ -31,10 +31,11 @@ from torch.utils.data import DataLoader
 
 from pspnet import io
 from pspnet.config import Params
-from pspnet.data.classes import CLASSES_FILE, ClassTable
+from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.transforms import reseed, train_transform
-from pspnet.errors import ConfigError, DataError
+from pspnet.device import resolve_device
+from pspnet.errors import DataError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model
 from pspnet.registry.tracking import RunRef, run_tags, setup_mlflow
@@ -57,15 +58,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a :class:`ConfigError`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
-    return torch.device(name)
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -133,12 +125,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     experiment_id = setup_mlflow(params.mlflow, root)  # fail before training if the store is unusable
 
     prepared = root / params.paths.prepared
-    classes = ClassTable.load(prepared / CLASSES_FILE)
-    if classes.ignore_index != params.data.ignore_index:
-        raise ConfigError(
-            f"data.ignore_index is {params.data.ignore_index} but {prepared / CLASSES_FILE} says "
-            f"{classes.ignore_index}; re-run `prepare` or fix params.yaml."
-        )
+    classes = load_classes(prepared, params.data.ignore_index)
     seed_everything(t.seed)
     device = resolve_device(t.device)
     amp = resolve_amp(t.amp, device)
