@@ -26,14 +26,17 @@ def repo_root() -> Path:
 def _isolated_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts with no MLflow store chosen: no inherited URI, no earlier test's.
 
-    ``mlflow.set_tracking_uri`` (called by every stage through ``setup_mlflow``) sets a
-    process-wide URI that outranks ``MLFLOW_TRACKING_URI``; left over from an earlier test, it
-    would point a later test's ``MlflowClient()`` at the wrong store. MLflow has no public
-    "unset", so its two module globals are reset here (monkeypatch restores them afterwards).
+    ``mlflow.set_tracking_uri`` / ``set_registry_uri`` (called by every stage through
+    ``setup_mlflow``) set process-wide globals AND export ``MLFLOW_TRACKING_URI`` /
+    ``MLFLOW_REGISTRY_URI``; left over from an earlier test, either would point a later test's
+    ``MlflowClient()`` at the wrong store (seen: a registry test reading another test's
+    champion). MLflow has no public "unset", so both globals and both variables are reset here
+    (monkeypatch restores them afterwards).
     """
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     monkeypatch.setattr(registry_utils, "_registry_uri", None)

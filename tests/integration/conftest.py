@@ -35,6 +35,7 @@ def tool_env(project: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
     env["PREFECT_HOME"] = str(project / ".prefect")
     env["DVC_NO_ANALYTICS"] = "1"
     env["MPLBACKEND"] = "Agg"
