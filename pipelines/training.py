@@ -48,10 +48,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pspnet.cli import STAGES as CLI_STAGES
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.errors import PERMANENT_EXIT_CODES, ConfigError, PspnetError
 
-STAGES = ("prepare", "validate", "train", "evaluate", "register")
+#: The pipeline's stages in order: the ``pspnet`` command's stage subcommands.
+STAGES = tuple(CLI_STAGES)
 
 #: Exit codes of a stage command that a retry cannot fix: config (2), data (3), and a command
 #: that cannot be executed / found (126 / 127).
@@ -88,14 +90,20 @@ class StageFailed(PspnetError):
         return (type(self), (self.stage, self.exit_code, self.dvc_returncode, self.output_tail))
 
 
-def stage_exit_code(output: str) -> int | None:
-    """The stage command's exit code from DVC's output (its last ``... exited with N`` line)."""
-    code = None
+def last_failure(output: str) -> tuple[str, int] | None:
+    """``(stage, exit code)`` from DVC's last ``failed to reproduce ... exited with N`` line, if any."""
+    failure = None
     for line in output.splitlines():
         match = _STAGE_FAILED.search(line)
         if match:
-            code = int(match.group("code"))
-    return code
+            failure = (match.group("stage"), int(match.group("code")))
+    return failure
+
+
+def stage_exit_code(output: str) -> int | None:
+    """The stage command's exit code from DVC's output (its last ``... exited with N`` line)."""
+    failure = last_failure(output)
+    return failure[1] if failure else None
 
 
 def is_retryable_exit_code(code: int | None) -> bool:
@@ -143,8 +151,6 @@ def repro_stage(stage: str, project_dir: str | Path, logger: Any = None) -> dict
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     ran = False
-    code = None
-    failed = stage  # DVC names the stage that failed: an upstream one when it was out of date
     if logger is not None:
         logger.info("$ %s  (in %s)", " ".join(cmd[2:]), project_dir)
     with subprocess.Popen(
@@ -166,15 +172,16 @@ def repro_stage(stage: str, project_dir: str | Path, logger: Any = None) -> dict
             tail.append(line)
             if f"Running stage '{stage}'" in line:
                 ran = True
-            match = _STAGE_FAILED.search(line)
-            if match:
-                code, failed = int(match.group("code")), match.group("stage")
             if logger is not None:
                 logger.info(line)
         returncode = proc.wait()
     seconds = round(time.monotonic() - started, 2)
     if returncode != 0:
-        raise StageFailed(failed, code if code is not None else 1, returncode, "\n".join(tail))
+        # DVC names the stage that failed (an upstream one when it was out of date) on its last
+        # line; without that line (DVC itself failed) the stage is the one asked for, code 1.
+        output = "\n".join(tail)
+        failed, code = last_failure(output) or (stage, 1)
+        raise StageFailed(failed, code, returncode, output)
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 

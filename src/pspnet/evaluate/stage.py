@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pspnet import io
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.device import resolve_device
-from pspnet.data.manifest import MANIFEST_FILE, read_manifest, split_rows
+from pspnet.data.manifest import MANIFEST_FILE
 from pspnet.errors import DataError, PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
 from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
@@ -57,15 +56,6 @@ def _write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[s
     )
     with io.atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
-
-
-def _load_display_image(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
-    """The raw RGB image from disk (uint8), resized to the prediction's size if the transform changed it."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
-        if rgb.size != (size_hw[1], size_hw[0]):
-            rgb = rgb.resize((size_hw[1], size_hw[0]), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.uint8)
 
 
 def _log_to_mlflow(ref: RunRef, metrics: dict[str, float], files: list[tuple[Path, str]], overlays: Path) -> None:
@@ -102,7 +92,6 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
 
     # Everything that can fail cheaply fails before inference.
     classes = load_classes(prepared, params.data.ignore_index)
-    val_rows = split_rows(read_manifest(prepared / MANIFEST_FILE), SPLIT)
     ref = RunRef.load(models_dir / RUN_REF_FILE)
     setup_mlflow(params.mlflow, root)
     try:
@@ -131,8 +120,6 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     dataset = SegmentationDataset(prepared, SPLIT, eval_transform(params.model_copy(update={"model": ckpt.model_cfg})))
     if len(dataset) == 0:
         raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
-    ids = [str(i) for i in getattr(dataset, "ids", val_rows["id"].tolist())]
-    image_paths = dict(zip(val_rows["id"].astype(str), val_rows["image"]))
     loader = make_loader(dataset, cfg.batch_size, params.train.num_workers, pin_memory=device.type == "cuda")
 
     confusion = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
@@ -158,10 +145,8 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     with io.atomic_dir(overlays_dir) as tmp_dir:
         for index in sorted(kept):
             target, pred = kept[index]
-            sample_id = ids[index]
-            if sample_id not in image_paths:
-                raise DataError(f"{prepared / MANIFEST_FILE}: no '{SPLIT}' row for sample id {sample_id!r}")
-            image = _load_display_image(prepared / image_paths[sample_id], pred.shape)
+            sample_id = str(dataset.ids[index])
+            image, _ = dataset.load_raw(index)  # the whole-image eval transform keeps the size
             out = tmp_dir / f"{_safe_name(sample_id)}.png"
             if out.exists():  # two ids that sanitise to the same name
                 out = tmp_dir / f"{_safe_name(sample_id)}-{index}.png"
