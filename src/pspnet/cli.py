@@ -16,12 +16,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from pspnet.config import DEFAULT_PARAMS_FILE, load_params
-from pspnet.errors import PspnetError
+from pspnet.config import DEFAULT_PARAMS_FILE, load_params, parse_params
+from pspnet.data.classes import load_classes
+from pspnet.errors import ConfigError, PspnetError
 
 app = typer.Typer(
     name="pspnet",
@@ -96,6 +97,87 @@ _make_stage_command("validate", "Check the prepared dataset with Great Expectati
 _make_stage_command("train", "Train PSPNet; write the checkpoint and log the run to MLflow.")
 _make_stage_command("evaluate", "Score the checkpoint on val: metrics/eval.json, plots, overlays.")
 _make_stage_command("register", "Log + register the model in MLflow; move the champion alias if it is better.")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    """``"473"`` -> (473, 473); ``"512x1024"`` -> (512, 1024) (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise typer.BadParameter(f"{text!r}: give one positive size (473) or HEIGHTxWIDTH (512x1024).")
+    return values[0], values[1]
+
+
+@app.command("model-info")
+def model_info_command(
+    encoder: Annotated[Optional[str], typer.Option(help="resnet18 | resnet34 | resnet50 | resnet101 | resnet152.")] = None,
+    stem: Annotated[Optional[str], typer.Option(help="deep | standard | auto.")] = None,
+    output_stride: Annotated[Optional[int], typer.Option(help="8 (paper) or 16.")] = None,
+    classes: Annotated[Optional[int], typer.Option(help="Number of classes (default: the prepared dataset's).")] = None,
+    size: Annotated[str, typer.Option(help="Input size: 473 or HEIGHTxWIDTH.")] = "473",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
+    root: RootOption = Path("."),
+) -> None:
+    """Parameter counts (with / without the auxiliary head) and feature / output shapes.
+
+    The model section of the params file (when there is one) is the base; options override it.
+    Nothing is trained or downloaded.
+    """
+    from pspnet.data.classes import CLASSES_FILE
+    from pspnet.model.info import model_info
+
+    root = root.resolve()
+    height_width = _parse_size(size)
+    try:
+        params_path = params if params.is_absolute() else root / params
+        base = load_params(params_path) if params_path.is_file() else parse_params({}, "<defaults>")
+        overrides = {"encoder": encoder, "stem": stem, "output_stride": output_stride}
+        raw = base.model.model_dump() | {k: v for k, v in overrides.items() if v is not None}
+        cfg = parse_params({"model": raw}, "model-info options").model
+        if classes is None:
+            classes_file = root / base.paths.prepared / CLASSES_FILE
+            if not classes_file.is_file():
+                raise ConfigError(f"no --classes given and {classes_file} does not exist; pass --classes K.")
+            classes = load_classes(root / base.paths.prepared, base.data.ignore_index).num_classes
+        if classes < 1:
+            raise ConfigError(f"--classes must be positive, got {classes}.")
+        info = model_info(cfg, classes, height_width)
+    except PspnetError as err:
+        typer.echo(f"pspnet model-info: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        typer.echo(f"{key:<{width}}  {shown}")
+
+
+@app.command("ablation")
+def ablation_command(
+    seed: Annotated[list[int], typer.Option(help="Seed(s); each row runs once per seed.")] = [0],  # noqa: B006
+    row: Annotated[Optional[list[str]], typer.Option(help="Rows to run (default: all of them).")] = None,
+    out: Annotated[str, typer.Option(help="Report path without suffix (.md and .json are written).")] = "docs/ablation",
+    resume: Annotated[bool, typer.Option(help="Keep the rows already in the report; run the others.")] = False,
+    root: RootOption = Path("."),
+) -> None:
+    """The paper's ablations in miniature as `dvc exp run` experiments (see pspnet.ablation)."""
+    from pspnet.ablation import ROW_NAMES, run_ablation
+
+    _configure_logging()
+    try:
+        summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume)
+    except PspnetError as err:
+        typer.echo(f"pspnet ablation: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    typer.echo(json.dumps(summary, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console-script shim

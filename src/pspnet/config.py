@@ -84,20 +84,37 @@ class ValidateConfig(StrictModel):
     num_workers: Annotated[int, Field(ge=1, le=64)] = 4
 
 
+#: ResNets built from basic blocks; ``stem: auto`` keeps torchvision's stem for them.
+SHALLOW_RESNETS = ("resnet18", "resnet34")
+
+
 class ModelConfig(StrictModel):
     """PSPNet: dilated ResNet encoder + pyramid pooling module + head (+ auxiliary head)."""
 
     encoder: Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] = "resnet18"
-    #: ``none`` (random init), ``imagenet`` (downloads; needs internet) or a local state-dict path.
+    #: ``none`` (random init), ``imagenet`` (smp's weights, downloaded at the start of training;
+    #: needs internet; standard stem only) or the path of a local ResNet state dict.
     encoder_weights: str = "none"
+    #: ``deep``: the official three 3x3 convs (3->64->64->128); ``standard``: torchvision's 7x7
+    #: conv; ``auto``: deep for ResNet-50/101/152 (the paper's networks), standard for 18/34.
+    stem: Literal["auto", "deep", "standard"] = "auto"
+    #: 8: layer3 and layer4 dilated (the paper); 16: only layer4 dilated (cheaper).
     output_stride: Literal[8, 16] = 8
+    #: The pyramid pooling module; ``false`` gives the paper's dilated-FCN baseline (the head
+    #: sits directly on the layer4 features).
+    ppm: bool = True
     ppm_bins: tuple[PositiveInt, ...] = (1, 2, 3, 6)
+    #: Pooling of the pyramid levels: ``avg`` (the paper's choice) or ``max`` (its ablation).
+    ppm_pooling: Literal["avg", "max"] = "avg"
+    #: Channels of each pyramid branch after its 1x1 conv; ``null``: layer4 channels / number of
+    #: bins (the paper's dimension reduction: 2048 / 4 = 512).
+    ppm_channels: PositiveInt | None = None
     #: Dropout2d before the classifier of the head and the auxiliary head (paper: 0.1).
     dropout: Probability = 0.1
     #: Weight of the auxiliary (stage-3 / layer3) loss; 0 turns deep supervision off.
     aux_weight: NonNegativeFloat = 0.4
-    #: Width of the head's 3x3 conv; ``null``: PPM output channels / 8 (512 for ResNet-50+, as
-    #: in the paper; 128 for ResNet-18/34).
+    #: Width of the head's 3x3 conv; ``null``: layer4 channels / 4 (512 for ResNet-50+, as in
+    #: the paper; 128 for ResNet-18/34), with or without the PPM.
     head_channels: PositiveInt | None = None
     #: Width of the auxiliary head's 3x3 conv; ``null``: layer3 channels / 4 (256 for
     #: ResNet-50+, as in the paper; 64 for ResNet-18/34).
@@ -107,16 +124,33 @@ class ModelConfig(StrictModel):
     input_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     input_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
+    @property
+    def resolved_stem(self) -> Literal["deep", "standard"]:
+        """The stem ``auto`` stands for: deep for ResNet-50 and deeper, standard for 18/34."""
+        if self.stem != "auto":
+            return self.stem
+        return "standard" if self.encoder in SHALLOW_RESNETS else "deep"
+
 
 class TrainConfig(StrictModel):
-    """SGD with the poly schedule, as in the paper (base LR for the encoder, x10 for new layers)."""
+    """SGD with the poly schedule, as in the paper (base LR for the encoder, x10 for new layers),
+    the paper's augmentation, and optional warm-up, class weights, OHEM and a frozen encoder."""
 
     seed: NonNegativeInt = 0
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 8
     #: Random crop (height, width) taken after random scaling; padded with ignore where needed.
     crop_size: tuple[PositiveInt, PositiveInt] = (96, 128)
+    #: Random scale factor range (paper: 0.5-2.0); image bilinear, mask nearest.
     scale_range: tuple[PositiveFloat, PositiveFloat] = (0.75, 1.5)
+    #: Random rotation by an angle uniform in +-this many degrees (paper: 10); 0 disables it.
+    #: Corners are filled with the mean colour (image) and the ignore index (mask).
+    rotate_degrees: Annotated[float, Field(ge=0, le=180)] = 10.0
+    #: Probability of rotating a sample (paper: 0.5).
+    rotate_p: Probability = 0.5
+    #: Probability of a Gaussian blur of the image (official code: 0.5, 5x5 kernel); 0 disables it.
+    blur_p: Probability = 0.5
+    #: Random horizontal flip with probability 0.5.
     hflip: bool = True
     #: Base learning rate (the encoder's). The paper uses 0.01 for an ImageNet-pretrained
     #: encoder at batch 16; the default here trains from scratch on the embedded data.
@@ -125,7 +159,27 @@ class TrainConfig(StrictModel):
     head_lr_multiplier: PositiveFloat = 10.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: NonNegativeFloat = 1e-4
+    #: Exponent of the poly decay ``(1 - iter / max_iter) ** poly_power`` (paper: 0.9).
     poly_power: NonNegativeFloat = 0.9
+    #: Linear warm-up length in iterations (0: none, as in the paper): the LR factor ramps from
+    #: ``warmup_ratio`` to the poly value over these first iterations, then follows poly.
+    warmup_iters: NonNegativeInt = 0
+    #: LR factor (times the poly value) at the first warm-up iteration.
+    warmup_ratio: Annotated[float, Field(gt=0, le=1)] = 0.1
+    #: Per-class weights of the cross-entropy: ``none`` (paper), ``inverse_frequency``
+    #: (``1 / (K * share)``), ``median_frequency`` (``median share / share``), shares counted
+    #: over the train masks' labelled pixels, or an explicit list of one weight per class.
+    class_weights: Literal["none", "inverse_frequency", "median_frequency"] | tuple[NonNegativeFloat, ...] = "none"
+    #: Online hard example mining: average the loss over the hard pixels only (off in the paper).
+    ohem: bool = False
+    #: OHEM: a pixel is hard when the predicted probability of its true class is below this.
+    ohem_thresh: Annotated[float, Field(gt=0, le=1)] = 0.7
+    #: OHEM: at least this many pixels per batch (all images together) are kept, the lowest
+    #: true-class probabilities first; the whole batch when it has fewer labelled pixels.
+    ohem_min_kept: NonNegativeInt = 100000
+    #: Freeze the encoder: no gradients, not in the optimizer, BatchNorm statistics frozen
+    #: (eval mode); PPM, head and aux head still train. Meant for a pretrained encoder.
+    freeze_encoder: bool = False
     #: ``auto`` uses CUDA when present, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Mixed precision: forward pass under bfloat16 autocast (weights, gradients and loss stay
@@ -143,14 +197,36 @@ class TrainConfig(StrictModel):
             raise ValueError(f"scale_range must be (low, high) with low <= high, got {list(v)}")
         return v
 
+    @field_validator("class_weights")
+    @classmethod
+    def _some_positive_weight(cls, v: str | tuple[float, ...]) -> str | tuple[float, ...]:
+        if isinstance(v, tuple) and not any(w > 0 for w in v):
+            raise ValueError("an explicit class_weights list needs one weight per class, at least one of them > 0")
+        return v
+
 
 class EvaluateConfig(StrictModel):
     """Validation-set scoring, plots and overlays (``evaluate`` stage)."""
 
     #: Images per forward pass; a batch whose images differ in size runs as same-size sub-batches.
+    #: In ``slide`` mode also the most windows per forward pass when a batch holds fewer images.
     batch_size: PositiveInt = 8
-    #: Inference mode: ``whole`` runs the full image once (sliding / flip / multi-scale: later).
-    mode: Literal["whole"] = "whole"
+    #: Inference mode: ``whole`` runs the full image in one pass; ``slide`` runs a sliding window
+    #: of ``crop_size`` (the paper's testing protocol) and averages softmax probabilities.
+    mode: Literal["whole", "slide"] = "whole"
+    #: ``slide`` mode: window (height, width); an image smaller than it is padded with the mean
+    #: colour. The paper uses 473 x 473 on ADE20K and VOC (713 x 713 on Cityscapes).
+    crop_size: tuple[PositiveInt, PositiveInt] = (473, 473)
+    #: ``slide`` mode: window stride = ceil(stride_rate * crop_size), per side (paper: 2/3).
+    stride_rate: Annotated[float, Field(gt=0, le=1)] = 2 / 3
+    #: Also run every pass on the horizontally flipped input and average the probabilities.
+    flip: bool = False
+    #: Test scales: for each, the image's long side is resized to round(scale * base_size), run,
+    #: and the probabilities resized back and averaged (paper: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75).
+    scales: Annotated[tuple[PositiveFloat, ...], Field(min_length=1)] = (1.0,)
+    #: Long side (pixels) that scale 1.0 maps to; ``null``: the image's own long side, so scale
+    #: 1.0 keeps the original size (paper: 512 on ADE20K and VOC, 2048 on Cityscapes).
+    base_size: PositiveInt | None = None
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

@@ -57,9 +57,9 @@ def _conv3x3(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_output_stride_8_dilates_every_block_like_the_official_code(name: str) -> None:
-    enc = ResNetEncoder(name, output_stride=8)
+@pytest.mark.parametrize("name,stem", [("resnet18", "standard"), ("resnet34", "deep"), ("resnet50", "deep"), ("resnet50", "standard"), ("resnet101", "deep")])
+def test_output_stride_8_dilates_every_block_like_the_official_code(name: str, stem: str) -> None:
+    enc = ResNetEncoder(name, output_stride=8, stem=stem)
     body = enc.body
     for layer, dilation in ((body.layer3, 2), (body.layer4, 4)):
         convs = _conv3x3(layer)
@@ -111,7 +111,7 @@ def test_ppm_keeps_its_input_as_the_first_channels() -> None:
 def test_head_structure_follows_the_paper(model: PSPNet) -> None:
     conv3, bn, relu, drop, cls = model.head
     assert conv3.kernel_size == (3, 3) and conv3.bias is None
-    assert conv3.in_channels == 1024 and conv3.out_channels == 128  # ResNet-18: PPM out / 8
+    assert conv3.in_channels == 1024 and conv3.out_channels == 128  # ResNet-18: layer4 / 4
     assert isinstance(bn, nn.BatchNorm2d) and isinstance(relu, nn.ReLU)
     assert isinstance(drop, nn.Dropout2d) and drop.p == pytest.approx(0.1)
     assert cls.kernel_size == (1, 1) and cls.out_channels == NUM_CLASSES
@@ -119,13 +119,13 @@ def test_head_structure_follows_the_paper(model: PSPNet) -> None:
     assert aux_conv.in_channels == 256 and aux_conv.out_channels == 64
 
 
-def test_resnet50_matches_the_official_parameter_count() -> None:
+def test_resnet50_standard_stem_matches_the_official_parameter_count() -> None:
     # pspnet-spec.md: a torchvision-stem ResNet-50 PSPNet with 150 classes has 49,057,132
     # parameters (aux head included); the aux head adds 1024*256*9 + 2*256 + 256*150 + 150.
-    m = build_model(ModelConfig(encoder="resnet50"), 150)
+    m = build_model(ModelConfig(encoder="resnet50", stem="standard"), 150)
     assert m.head[0].out_channels == 512 and m.aux_head[0].out_channels == 256
     assert sum(p.numel() for p in m.parameters()) == 49_057_132
-    no_aux = build_model(ModelConfig(encoder="resnet50", aux_weight=0.0), 150)
+    no_aux = build_model(ModelConfig(encoder="resnet50", stem="standard", aux_weight=0.0), 150)
     assert sum(p.numel() for p in no_aux.parameters()) == 49_057_132 - 2_398_358
 
 

@@ -6,6 +6,16 @@ the official PSPNet code does (timm's ``tu-`` ResNets instead use dilation 1 / 2
 block of each stage). A 473x473 input gives 60x60 features; any input size works, the feature
 map is ``ceil(H / 8) x ceil(W / 8)``.
 
+Two stems are offered:
+
+- ``standard``: torchvision's single 7x7 stride-2 conv (64 channels) + BN + ReLU;
+- ``deep``: the official PSPNet code's three 3x3 convs 3->64 (stride 2), 64->64, 64->128, each
+  with BN + ReLU, so layer1 takes 128 channels. The modules keep the official ResNet's names
+  (``conv1 bn1 conv2 bn2 conv3 bn3``), so the authors' ImageNet ResNet state dicts load as is.
+  A deep-stem ResNet-50 has 23,631,808 parameters, exactly the official backbone.
+
+Both are followed by the 3x3 stride-2 max-pool.
+
 The encoder returns the two feature maps PSPNet uses: layer3 (input of the auxiliary head) and
 layer4 (input of the pyramid pooling module).
 """
@@ -17,7 +27,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pspnet.config import SHALLOW_RESNETS
 from pspnet.errors import ConfigError, PspnetError
+
+#: Stem names: the official PSPNet's three 3x3 convs, or torchvision's single 7x7 conv.
+STEMS = ("deep", "standard")
+#: Widths of the deep stem's three convs (3 -> 64 -> 64 -> 128), as in the official code.
+DEEP_STEM_WIDTHS = (64, 64, 128)
 
 #: (layer3 channels, layer4 channels) of each supported ResNet.
 ENCODER_CHANNELS: dict[str, tuple[int, int]] = {
@@ -40,8 +56,10 @@ class ResNetEncoder(nn.Module):
         output_stride: 8 (layer3 and layer4 dilated, the paper's setting), 16 (layer4
             dilated) or 32 (no dilation).
         weights: ``"none"`` for random initialisation, a named smp weight set
-            (``"imagenet"``; downloaded, needs internet) or the path of a local ResNet
-            state dict (torchvision / smp key names; ``fc.*`` keys are dropped).
+            (``"imagenet"``; downloaded, needs internet; standard stem only) or the path of a
+            local ResNet state dict (torchvision / smp / official key names; ``fc.*`` dropped).
+        stem: ``"deep"`` (official three 3x3 convs), ``"standard"`` (torchvision 7x7) or
+            ``"auto"`` (deep for ResNet-50 and deeper, standard for 18/34).
 
     Attributes:
         aux_channels: channels of the layer3 features (256 for ResNet-18/34, 1024 for 50+).
@@ -49,16 +67,43 @@ class ResNetEncoder(nn.Module):
         output_stride: the encoder's total downsampling factor.
     """
 
-    def __init__(self, name: str = "resnet50", output_stride: int = 8, weights: str = "none") -> None:
+    def __init__(
+        self, name: str = "resnet50", output_stride: int = 8, weights: str = "none", stem: str = "auto"
+    ) -> None:
         super().__init__()
         if name not in ENCODER_CHANNELS:
             raise ConfigError(f"model.encoder: unknown encoder {name!r}; accepted: {', '.join(ENCODER_CHANNELS)}.")
         if output_stride not in (8, 16, 32):
             raise ConfigError(f"model.output_stride: must be 8, 16 or 32, got {output_stride}.")
+        if stem == "auto":
+            stem = "standard" if name in SHALLOW_RESNETS else "deep"
+        if stem not in STEMS:
+            raise ConfigError(f"model.stem: unknown stem {stem!r}; accepted: {', '.join(STEMS)}.")
+        if stem == "deep" and weights in _NAMED_WEIGHTS:
+            raise ConfigError(
+                f"model.encoder_weights={weights!r} with model.stem='deep': segmentation-models-pytorch "
+                "publishes these weights for the standard 7x7 stem only. Set model.stem: standard, or "
+                "give the path of a local deep-stem ResNet state dict (e.g. the official PSPNet "
+                "ImageNet initialisation, resnet50_v2.pth)."
+            )
         self.name = name
         self.output_stride = output_stride
+        self.stem = stem
         self.aux_channels, self.out_channels = ENCODER_CHANNELS[name]
-        self.body = _build_smp_resnet(name, output_stride, weights)
+        body = _build_smp_resnet(name, output_stride, weights if stem == "standard" else "none")
+        if stem == "deep":
+            _make_deep_stem(body)
+            if weights != "none":
+                load_encoder_state(body, Path(weights))
+        self.body = body
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.body
+        x = b.relu(b.bn1(b.conv1(x)))
+        if self.stem == "deep":
+            x = b.relu(b.bn2(b.conv2(x)))
+            x = b.relu(b.bn3(b.conv3(x)))
+        return b.maxpool(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (N,3,H,W) -> ``(layer3 (N,aux_channels,h,w), layer4 (N,out_channels,h,w))``.
@@ -67,8 +112,7 @@ class ResNetEncoder(nn.Module):
         pool arithmetic rounds up at each stride-2 step); at 32 layer3 is at stride 16.
         """
         b = self.body
-        x = b.relu(b.bn1(b.conv1(x)))
-        x = b.maxpool(x)
+        x = self._stem(x)
         x = b.layer1(x)
         x = b.layer2(x)
         c3 = b.layer3(x)
@@ -83,10 +127,12 @@ def _build_smp_resnet(name: str, output_stride: int, weights: str) -> nn.Module:
         try:
             return get_encoder(name, in_channels=3, depth=5, weights=weights, output_stride=output_stride)
         except Exception as err:  # network, hub or key errors: all mean "no weights"
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise PspnetError(
-                f"model.encoder_weights={weights!r}: could not obtain the pretrained {name} weights ({err}). "
-                "They are downloaded from the Hugging Face hub and need internet; offline, set "
-                "model.encoder_weights to 'none' or to the path of a local ResNet state dict."
+                f"model.encoder_weights={weights!r}: could not obtain the pretrained {name} weights "
+                f"({first_line}). segmentation-models-pytorch downloads them from the Hugging Face hub, "
+                "which needs internet (or a Hugging Face cache that already holds them, see HF_HOME). "
+                "Offline, set model.encoder_weights to 'none' or to the path of a local ResNet state dict."
             ) from None
     encoder = get_encoder(name, in_channels=3, depth=5, weights=None, output_stride=output_stride)
     if weights != "none":
@@ -94,11 +140,43 @@ def _build_smp_resnet(name: str, output_stride: int, weights: str) -> nn.Module:
     return encoder
 
 
+def _init_like_torchvision(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs and unit BatchNorm, as torchvision initialises a ResNet."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _make_deep_stem(body: nn.Module) -> None:
+    """Turn an smp (torchvision) ResNet's 7x7 stem into the official three-conv deep stem.
+
+    ``conv1`` becomes a 3x3 stride-2 conv 3->64 and ``conv2`` / ``conv3`` (64->64, 64->128) with
+    ``bn2`` / ``bn3`` are added; layer1 is rebuilt for its wider (128-channel) input, which
+    gives its first block a projection shortcut. Dilation lives in layer3/4 and is untouched.
+    """
+    w1, w2, w3 = DEEP_STEM_WIDTHS
+    body.conv1 = nn.Conv2d(3, w1, kernel_size=3, stride=2, padding=1, bias=False)
+    body.bn1 = nn.BatchNorm2d(w1)
+    body.conv2 = nn.Conv2d(w1, w2, kernel_size=3, stride=1, padding=1, bias=False)
+    body.bn2 = nn.BatchNorm2d(w2)
+    body.conv3 = nn.Conv2d(w2, w3, kernel_size=3, stride=1, padding=1, bias=False)
+    body.bn3 = nn.BatchNorm2d(w3)
+    block = type(body.layer1[0])
+    body.inplanes = w3
+    body.layer1 = body._make_layer(block, DEEP_STEM_WIDTHS[0], len(body.layer1))
+    for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "layer1"):
+        _init_like_torchvision(getattr(body, name))
+
+
 def load_encoder_state(encoder: nn.Module, path: Path) -> None:
     """Load a local ResNet state dict into an smp ResNet encoder (strict, ``fc.*`` dropped).
 
     Accepts a plain state dict, or a dict holding it under ``state_dict`` / ``model``; key
-    prefixes ``module.`` (DataParallel) and ``encoder.`` (smp models) are stripped.
+    prefixes ``module.`` (DataParallel), ``encoder.`` (smp models) and ``body.`` (this
+    module) are stripped. Missing and unexpected keys are named in the error.
     """
     if not path.is_file():
         raise ConfigError(
@@ -118,13 +196,43 @@ def load_encoder_state(encoder: nn.Module, path: Path) -> None:
         raise PspnetError(f"{path}: expected a mapping of parameter names to tensors (a ResNet state dict).")
     cleaned: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        for prefix in ("module.", "encoder."):
+        for prefix in ("module.", "encoder.", "body."):
             if key.startswith(prefix):
                 key = key[len(prefix) :]
         if not key.startswith("fc."):
             cleaned[key] = value
-    try:
-        # nn.Module.load_state_dict directly: smp's override mutates its argument.
-        nn.Module.load_state_dict(encoder, cleaned, strict=True)
-    except RuntimeError as err:
-        raise PspnetError(f"{path}: state dict does not fit the encoder: {err}") from None
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(cleaned))
+    unexpected = sorted(set(cleaned) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(cleaned) if expected[k].shape != cleaned[k].shape)
+    if missing or unexpected or misshaped:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_listing(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_listing(unexpected)}")
+        if misshaped:
+            shapes = [f"{k} {tuple(cleaned[k].shape)} vs {tuple(expected[k].shape)}" for k in misshaped]
+            problems.append(f"shape mismatches (file vs encoder) {_listing(shapes)}")
+        raise PspnetError(
+            f"{path}: the state dict does not fit a {_describe(encoder)} encoder: {'; '.join(problems)}. "
+            "Check model.encoder and model.stem against the file, or use another file."
+        )
+    # nn.Module.load_state_dict directly: smp's override mutates its argument.
+    nn.Module.load_state_dict(encoder, cleaned, strict=True)
+
+
+#: How many keys an error message lists before summarising the rest.
+MAX_KEYS_LISTED = 10
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_KEYS_LISTED])
+    more = len(keys) - MAX_KEYS_LISTED
+    return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
+
+
+def _describe(encoder: nn.Module) -> str:
+    stem = "deep-stem" if hasattr(encoder, "conv3") else "standard-stem"
+    depth = sum(len(getattr(encoder, f"layer{i}")) for i in range(1, 5))
+    return f"{stem} ResNet ({depth} blocks)"

@@ -18,12 +18,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class PoolingBranch(nn.Sequential):
-    """One pyramid level: ``(N,C,h,w)`` -> adaptive avg pool ``(N,C,b,b)`` -> ``(N,R,b,b)``."""
+#: Pooling operators by name: the paper's default (average) and its "max" ablation (Table 1).
+POOLING: dict[str, type[nn.Module]] = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 
-    def __init__(self, in_channels: int, reduction_channels: int, bin_size: int) -> None:
+
+class PoolingBranch(nn.Sequential):
+    """One pyramid level: ``(N,C,h,w)`` -> adaptive pool ``(N,C,b,b)`` -> ``(N,R,b,b)``."""
+
+    def __init__(self, in_channels: int, reduction_channels: int, bin_size: int, pooling: str = "avg") -> None:
+        if pooling not in POOLING:
+            raise ValueError(f"unknown pooling {pooling!r}; known: {sorted(POOLING)}")
         super().__init__(
-            nn.AdaptiveAvgPool2d(bin_size),
+            POOLING[pooling](bin_size),
             nn.Conv2d(in_channels, reduction_channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(reduction_channels),
             nn.ReLU(inplace=True),
@@ -37,7 +43,9 @@ class PyramidPoolingModule(nn.Module):
     Args:
         in_channels: channels ``C`` of the input feature map.
         bins: pooled output sizes, one branch each (paper: 1, 2, 3, 6).
-        reduction_channels: channels ``R`` of each branch; default ``C // len(bins)``.
+        reduction_channels: channels ``R`` of each branch; default ``C // len(bins)`` (the
+            paper's dimension reduction to 1/N).
+        pooling: ``"avg"`` (the paper's choice) or ``"max"``.
 
     Shapes:
         ``(N, C, h, w)`` -> ``(N, C + len(bins) * R, h, w)`` (``2C`` with the defaults when
@@ -48,7 +56,13 @@ class PyramidPoolingModule(nn.Module):
         a training batch must hold at least two images.
     """
 
-    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6), reduction_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        reduction_channels: int | None = None,
+        pooling: str = "avg",
+    ) -> None:
         super().__init__()
         if not bins:
             raise ValueError("bins must name at least one pooled size")
@@ -62,7 +76,8 @@ class PyramidPoolingModule(nn.Module):
         self.reduction_channels = reduction_channels
         self.bins = tuple(int(b) for b in bins)
         self.out_channels = in_channels + len(self.bins) * reduction_channels
-        self.branches = nn.ModuleList(PoolingBranch(in_channels, reduction_channels, b) for b in self.bins)
+        self.pooling = pooling
+        self.branches = nn.ModuleList(PoolingBranch(in_channels, reduction_channels, b, pooling) for b in self.bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N,C,h,w) -> (N, out_channels, h, w): ``[x, up(branch_1(x)), ...]``."""

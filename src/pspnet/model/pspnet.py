@@ -7,9 +7,13 @@ Layout (ResNet-50, output stride 8, input ``(N,3,H,W)``, ``h, w = ceil(H/8), cei
 
 Head: 3x3 conv (no bias) -> ``head_channels`` + BN + ReLU + Dropout2d + 1x1 conv to K classes.
 Aux head: the same on layer3 with ``aux_channels``. Widths default to the paper's proportions
-so ResNet-50+ reproduces it exactly (512 = PPM output / 8; 256 = layer3 / 4) and ResNet-18/34
-keep those proportions (128 and 64). With a ResNet-50 encoder and 150 classes the model has
-49,057,132 parameters, the official count for a torchvision-stem ResNet-50.
+so ResNet-50+ reproduces it exactly (512 = layer4 / 4; 256 = layer3 / 4) and ResNet-18/34
+keep those proportions (128 and 64). Parameter counts equal the official code's: with the deep
+stem and 150 classes PSPNet50 has 49,180,908 (46,782,550 without the aux head), PSPNet101 with
+21 classes 68,073,706; with a torchvision-stem ResNet-50, 49,057,132.
+
+Ablation switches (paper Table 1 / 2): ``ppm=False`` puts the head directly on layer4 (the
+dilated-FCN baseline), ``ppm_pooling="max"``, ``aux_weight=0`` drops the auxiliary head.
 
 The auxiliary head exists for deep supervision only: it runs in training mode, never in eval.
 """
@@ -24,8 +28,8 @@ from pspnet.config import ModelConfig
 from pspnet.model.encoder import ResNetEncoder
 from pspnet.model.ppm import PyramidPoolingModule
 
-#: Default head width = PPM output channels // this (4096 // 8 = 512 in the paper).
-HEAD_WIDTH_DIVISOR = 8
+#: Default head width = layer4 channels // this (2048 // 4 = 512 in the paper).
+HEAD_WIDTH_DIVISOR = 4
 #: Default aux-head width = layer3 channels // this (1024 // 4 = 256 in the paper).
 AUX_WIDTH_DIVISOR = 4
 
@@ -48,7 +52,8 @@ class PSPNet(nn.Module):
 
     Args:
         encoder: a :class:`ResNetEncoder` (returns layer3 and layer4 features).
-        ppm: the pyramid pooling module over the layer4 features.
+        ppm: the pyramid pooling module over the layer4 features, or ``None`` (the dilated-FCN
+            baseline: the head reads layer4 directly).
         head: maps the PPM output to class logits at feature resolution.
         aux_head: maps layer3 features to class logits, or ``None`` (no deep supervision).
 
@@ -61,7 +66,7 @@ class PSPNet(nn.Module):
     def __init__(
         self,
         encoder: ResNetEncoder,
-        ppm: PyramidPoolingModule,
+        ppm: PyramidPoolingModule | None,
         head: nn.Module,
         aux_head: nn.Module | None = None,
     ) -> None:
@@ -78,7 +83,8 @@ class PSPNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         size = x.shape[-2:]
         c3, c4 = self.encoder(x)
-        logits = self._upsample(self.head(self.ppm(c4)), size)
+        features = self.ppm(c4) if self.ppm is not None else c4
+        logits = self._upsample(self.head(features), size)
         if not self.training:
             return logits
         aux = self._upsample(self.aux_head(c3), size) if self.aux_head is not None else None
@@ -95,15 +101,31 @@ class PSPNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> PSPNet:
-    """Build the PSPNet that ``cfg`` describes, with ``num_classes`` output channels."""
+    """Build the PSPNet that ``cfg`` describes, with ``num_classes`` output channels.
+
+    ``cfg.encoder_weights`` is read here: a named set is downloaded, a local file loaded.
+    """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    encoder = ResNetEncoder(cfg.encoder, output_stride=cfg.output_stride, weights=cfg.encoder_weights)
-    ppm = PyramidPoolingModule(encoder.out_channels, bins=cfg.ppm_bins)
-    head_channels = cfg.head_channels or max(1, ppm.out_channels // HEAD_WIDTH_DIVISOR)
-    head = SegmentationHead(ppm.out_channels, head_channels, num_classes, cfg.dropout)
+    encoder = ResNetEncoder(
+        cfg.encoder, output_stride=cfg.output_stride, weights=cfg.encoder_weights, stem=cfg.resolved_stem
+    )
+    ppm = None
+    head_in = encoder.out_channels
+    if cfg.ppm:
+        ppm = PyramidPoolingModule(
+            encoder.out_channels, bins=cfg.ppm_bins, reduction_channels=cfg.ppm_channels, pooling=cfg.ppm_pooling
+        )
+        head_in = ppm.out_channels
+    head_channels = cfg.head_channels or max(1, encoder.out_channels // HEAD_WIDTH_DIVISOR)
+    head = SegmentationHead(head_in, head_channels, num_classes, cfg.dropout)
     aux_head = None
     if cfg.aux_weight > 0:
         aux_channels = cfg.aux_channels or max(1, encoder.aux_channels // AUX_WIDTH_DIVISOR)
         aux_head = SegmentationHead(encoder.aux_channels, aux_channels, num_classes, cfg.dropout)
     return PSPNet(encoder, ppm, head, aux_head)
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    """Number of parameters (trainable or not) of ``module``; 0 for ``None``."""
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
