@@ -1,4 +1,5 @@
-"""Two parameter groups (x10 for new layers) and the poly schedule."""
+"""Two parameter groups (x10 for new layers), the poly schedule and its warm-up, a frozen
+encoder, and the epoch loop."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ import torch
 
 from pspnet.config import ModelConfig, TrainConfig
 from pspnet.model.pspnet import PSPNet, build_model
-from pspnet.train.loop import cross_entropy, segmentation_loss
-from pspnet.train.optim import build_optimizer, build_scheduler, poly_factor
+from pspnet.train.loop import train_one_epoch
+from pspnet.train.loss import SegmentationCriterion, cross_entropy, segmentation_loss
+from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder, poly_factor, warmup_poly_factor
+
+TINY_MODEL = ModelConfig(encoder="resnet18", head_channels=16, aux_channels=8)
 
 
 @pytest.fixture(scope="module")
 def model() -> PSPNet:
     torch.manual_seed(0)
-    return build_model(ModelConfig(encoder="resnet18", head_channels=16, aux_channels=8), 4)
+    return build_model(TINY_MODEL, 4)
 
 
 def test_two_groups_with_ten_times_lr_for_new_layers(model: PSPNet) -> None:
@@ -42,6 +46,60 @@ def test_poly_factor_values() -> None:
     assert f(90) == pytest.approx(0.1**0.9)
     assert f(100) == 0.0
     assert f(150) == 0.0
+
+
+def test_poly_factor_rejects_an_empty_schedule() -> None:
+    with pytest.raises(ValueError, match="max_iter"):
+        poly_factor(0, 0.9)
+
+
+def test_warmup_ramps_linearly_from_the_ratio_to_the_poly_value() -> None:
+    poly = poly_factor(100, 0.9)
+    f = warmup_poly_factor(100, 0.9, warmup_iters=10, warmup_ratio=0.1)
+    assert f(0) == pytest.approx(0.1)  # warmup_ratio x poly(0) = 0.1
+    assert f(5) == pytest.approx(poly(5) * (0.1 + 0.9 * 0.5))
+    assert f(9) == pytest.approx(poly(9) * (0.1 + 0.9 * 0.9))
+    assert f(10) == pytest.approx(poly(10))  # warm-up over: plain poly
+    assert f(50) == pytest.approx(0.5**0.9)
+    assert f(100) == 0.0
+    ramp = [f(i) for i in range(11)]
+    assert ramp == sorted(ramp)  # rises through the warm-up
+    # No warm-up: exactly poly.
+    plain = warmup_poly_factor(100, 0.9, warmup_iters=0, warmup_ratio=0.1)
+    assert [plain(i) for i in range(0, 101, 10)] == [poly(i) for i in range(0, 101, 10)]
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        warmup_poly_factor(100, 0.9, 10, 0.0)
+
+
+def test_scheduler_warms_up_both_groups_keeping_the_ten_times_ratio(model: PSPNet) -> None:
+    opt = build_optimizer(model, TrainConfig(lr=0.02, head_lr_multiplier=10.0))
+    sched = build_scheduler(opt, max_iter=20, power=0.9, warmup_iters=4, warmup_ratio=0.25)
+    seen = []
+    for _ in range(8):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for i, (enc, new) in enumerate(seen):
+        poly = (1 - i / 20) ** 0.9
+        ramp = 0.25 + 0.75 * i / 4 if i < 4 else 1.0
+        assert enc == pytest.approx(0.02 * poly * ramp)
+        assert new == pytest.approx(10 * enc)
+
+
+def test_frozen_encoder_is_left_out_of_the_optimizer() -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, 4)
+    frozen = freeze_encoder(model)
+    assert frozen == len(list(model.encoder.parameters())) > 0
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    opt = build_optimizer(model, TrainConfig(lr=0.01, head_lr_multiplier=10.0))
+    enc, new = opt.param_groups
+    assert enc["name"] == "encoder" and enc["params"] == []  # kept (empty) so group 0 reports the base LR
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert not {id(p) for p in model.encoder.parameters()} & set(grouped)
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert sorted(grouped) == sorted(trainable)  # every trainable parameter in exactly one group
+    assert new["lr"] == pytest.approx(0.1)
 
 
 def test_scheduler_applies_poly_to_both_groups(model: PSPNet) -> None:
@@ -96,14 +154,19 @@ def _loader(n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def test_train_one_epoch_steps_the_schedule_and_reports() -> None:
-    from pspnet.train.loop import train_one_epoch
-
     model = _TinySeg()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     sched = build_scheduler(opt, max_iter=8, power=1.0)
     seen: list[tuple[int, float, float]] = []
     stats = train_one_epoch(
-        model, _loader(), opt, sched, device=torch.device("cpu"), aux_weight=0.4, on_step=lambda *a: seen.append(a), progress=False
+        model,
+        _loader(),
+        opt,
+        sched,
+        device=torch.device("cpu"),
+        criterion=SegmentationCriterion(0.4),
+        on_step=lambda *a: seen.append(a),
+        progress=False,
     )
     assert stats.steps == 4 and stats.images == 8 and stats.global_step == 4
     assert [s[0] for s in seen] == [1, 2, 3, 4]
@@ -114,10 +177,9 @@ def test_train_one_epoch_steps_the_schedule_and_reports() -> None:
 
 def test_divergence_is_reported() -> None:
     from pspnet.errors import PspnetError
-    from pspnet.train.loop import train_one_epoch
 
     model = _TinySeg(scale=float("nan"))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_scheduler(opt, max_iter=4, power=0.9)
     with pytest.raises(PspnetError, match="diverged.*step 1"):
-        train_one_epoch(model, _loader(), opt, sched, device=torch.device("cpu"), aux_weight=0.0, progress=False)
+        train_one_epoch(model, _loader(), opt, sched, device=torch.device("cpu"), criterion=SegmentationCriterion(0.0), progress=False)

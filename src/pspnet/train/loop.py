@@ -1,57 +1,46 @@
-"""One training epoch: forward, the deep-supervision loss, SGD step, poly LR step, progress bar.
+"""One training epoch: forward, the loss (:mod:`pspnet.train.loss`), SGD step, LR schedule
+step, progress bar.
 
-Loss (paper section 3.4): ``CE(main) + aux_weight * CE(aux)``, both over the pixels whose
-label is not ``ignore_index``.
+Frozen modules (a frozen encoder): their BatchNorm layers are put back into eval mode right
+after ``model.train()``, so their running statistics stay fixed (their parameters are frozen
+by :func:`pspnet.train.optim.freeze_encoder`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from pspnet.errors import PspnetError
+from pspnet.train.loss import Outputs
 
 #: ``on_step(global_step, loss, lr)`` is called after every optimisation step (``lr``: the
 #: encoder group's rate that step used; the new layers' is ``head_lr_multiplier`` times it).
 StepCallback = Callable[[int, float, float], None]
+#: ``criterion(outputs, target) -> scalar loss`` (e.g. :class:`pspnet.train.loss.SegmentationCriterion`).
+Criterion = Callable[[Outputs, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Mean pixel cross-entropy over non-ignored pixels; 0 (not NaN) when every pixel is ignored.
-
-    ``logits`` (N,K,H,W) float, ``target`` (N,H,W) int64.
-    """
-    total = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum")
-    valid = (target != ignore_index).sum().clamp(min=1)
-    return total / valid
+def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer (1d/2d/3d, SyncBatchNorm) inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def segmentation_loss(
-    outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None],
-    target: torch.Tensor,
-    aux_weight: float,
-    ignore_index: int = 255,
-) -> torch.Tensor:
-    """``CE(main) + aux_weight * CE(aux)``; ``outputs`` is the train-mode ``(logits, aux_or_None)``
-    (a bare logits tensor is accepted too)."""
-    if isinstance(outputs, torch.Tensor):
-        main, aux = outputs, None
-    else:
-        main, aux = outputs
-    loss = cross_entropy(main, target, ignore_index)
-    if aux is not None and aux_weight > 0:
-        loss = loss + aux_weight * cross_entropy(aux, target, ignore_index)
-    return loss
+def set_train_mode(model: nn.Module, frozen: Sequence[nn.Module] = ()) -> None:
+    """``model.train()``, except the BatchNorm layers inside ``frozen``, which stay in eval mode."""
+    model.train()
+    for module in frozen:
+        for bn in batchnorm_layers(module):
+            bn.eval()
 
 
-def _to_float(outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+def _to_float(outputs: Outputs) -> Outputs:
     if isinstance(outputs, torch.Tensor):
         return outputs.float()
     main, aux = outputs
@@ -84,8 +73,8 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
     device: torch.device,
-    aux_weight: float,
-    ignore_index: int = 255,
+    criterion: Criterion,
+    frozen: Sequence[nn.Module] = (),
     epoch: int = 1,
     epochs: int = 1,
     global_step: int = 0,
@@ -95,11 +84,13 @@ def train_one_epoch(
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader`` (batches of ``(image, mask)``).
 
-    The progress bar shows the running mean loss, the current encoder LR, the rate and the
-    ETA. ``amp`` runs the forward pass under bfloat16 autocast (weights, gradients and the
-    loss stay float32). Raises :class:`PspnetError` when the loss stops being finite.
+    ``criterion(outputs, mask)`` gives the loss. The BatchNorm layers of the ``frozen`` modules
+    stay in eval mode. The progress bar shows the running mean loss, the current encoder LR,
+    the rate and the ETA. ``amp`` runs the forward pass under bfloat16 autocast (weights,
+    gradients and the loss stay float32). Raises :class:`PspnetError` when the loss stops
+    being finite.
     """
-    model.train()
+    set_train_mode(model, frozen)
     start = time.perf_counter()
     total_loss = 0.0
     steps = 0
@@ -122,7 +113,7 @@ def train_one_epoch(
             outputs = model(image)
         if amp:
             outputs = _to_float(outputs)
-        loss = segmentation_loss(outputs, mask, aux_weight, ignore_index)
+        loss = criterion(outputs, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses

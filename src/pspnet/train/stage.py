@@ -9,9 +9,15 @@ Writes (relative to the project root):
 - ``metrics/train_history.csv``: one row per epoch (epoch, step, loss, lr, seconds,
   images_per_second), rewritten after every epoch so a crashed run keeps its curve.
 
+Recipe (see :mod:`pspnet.data.transforms`, :mod:`pspnet.train.optim`, :mod:`pspnet.train.loss`):
+augmentation, SGD with two LR groups, poly schedule after an optional warm-up, the
+deep-supervised loss with optional class weights (computed once from the train masks) and
+OHEM, an optionally frozen encoder. One log line at the start summarises it.
+
 MLflow: the store is checked first (a bad store fails before any training); the run gets
 ``run_tags`` (git commit, DVC experiment), every parameter (``params.to_flat_dict()``), the
-step loss / LR every ``train.log_every_n_steps`` steps (``step_loss`` is the mean over those
+class weights actually used (``train.class_weights_used``), the step loss / LR every
+``train.log_every_n_steps`` steps (``step_loss`` is the mean over those
 steps), per-epoch ``train_loss`` / ``lr`` / ``epoch_seconds`` / ``images_per_second``, and the
 checkpoint and metric files as artifacts. The run ends FINISHED; ``evaluate`` reopens it.
 """
@@ -40,7 +46,8 @@ from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model
 from pspnet.registry.tracking import RunRef, run_tags, setup_mlflow
 from pspnet.train.loop import EpochStats, train_one_epoch
-from pspnet.train.optim import build_optimizer, build_scheduler
+from pspnet.train.loss import Ohem, SegmentationCriterion, format_weights, resolve_class_weights
+from pspnet.train.optim import build_optimizer, build_scheduler, describe_groups, freeze_encoder
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,12 @@ HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "seconds", "images_per_second"
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) and make cuDNN pick deterministic kernels."""
+    """Seed Python, NumPy and torch (CPU and CUDA) and make cuDNN pick deterministic kernels.
+
+    Albumentations keeps its own generators: :func:`pspnet.data.transforms.train_transform`
+    seeds them from ``train.seed``, and the loader's generator (:func:`make_train_loader`)
+    fixes the shuffling and the per-worker seeds.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -116,6 +128,33 @@ def _history_csv(rows: list[EpochStats]) -> str:
     return buf.getvalue()
 
 
+def build_criterion(params: Params, dataset: SegmentationDataset, num_classes: int, class_names: list[str]) -> SegmentationCriterion:
+    """The loss ``train.*`` asks for; class weights from ``dataset``'s masks when computed."""
+    t = params.train
+    weights = resolve_class_weights(t.class_weights, num_classes, dataset.mask_paths, class_names)
+    return SegmentationCriterion(
+        aux_weight=params.model.aux_weight,
+        ignore_index=params.data.ignore_index,
+        class_weights=None if weights is None else torch.as_tensor(weights, dtype=torch.float32),
+        ohem=Ohem(t.ohem_thresh, t.ohem_min_kept) if t.ohem else None,
+    )
+
+
+def describe_recipe(params: Params, optimizer: torch.optim.Optimizer, criterion: SegmentationCriterion, max_iter: int) -> str:
+    """The one-line summary of the training recipe logged at the start."""
+    t = params.train
+    warmup = f"{t.warmup_iters} warm-up iters from x{t.warmup_ratio:g}" if t.warmup_iters > 0 else "no warm-up"
+    rotate = f"rotate +-{t.rotate_degrees:g} deg p={t.rotate_p:g}" if t.rotate_degrees > 0 and t.rotate_p > 0 else "no rotation"
+    blur = f"blur p={t.blur_p:g}" if t.blur_p > 0 else "no blur"
+    return (
+        f"recipe: SGD momentum {t.momentum:g} wd {t.weight_decay:g} [{describe_groups(optimizer)}]; "
+        f"poly power {t.poly_power:g} over {max_iter} iters, {warmup}; "
+        f"loss {criterion.describe()}; encoder {'frozen (BN stats fixed)' if t.freeze_encoder else 'trained'}; "
+        f"augmentation scale {list(t.scale_range)}, {rotate}, {blur}, hflip {'on' if t.hflip else 'off'}, "
+        f"crop {t.crop_size[0]}x{t.crop_size[1]}"
+    )
+
+
 def train(params: Params, root: Path) -> dict[str, Any]:
     """Train PSPNet per ``params`` on ``root/params.paths.prepared`` (train split); see the module doc."""
     import mlflow
@@ -131,11 +170,21 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     amp = resolve_amp(t.amp, device)
     dataset = SegmentationDataset(prepared, "train", train_transform(params))
     loader = make_train_loader(dataset, params, device)
+    criterion = build_criterion(params, dataset, classes.num_classes, list(classes.names)).to(device)
     model = build_model(params.model, classes.num_classes).to(device)
+    frozen: list[torch.nn.Module] = []
+    if t.freeze_encoder:
+        freeze_encoder(model)
+        frozen = [model.encoder]
+        if params.model.encoder_weights == "none":
+            log.warning("train.freeze_encoder with model.encoder_weights none: the encoder stays at its random initialisation")
     optimizer = build_optimizer(model, t)
     steps_per_epoch = len(loader)
     max_iter = t.epochs * steps_per_epoch
-    scheduler = build_scheduler(optimizer, max_iter, t.poly_power)
+    if t.warmup_iters >= max_iter:
+        log.warning("train.warmup_iters (%d) >= the %d training iterations: the warm-up never ends", t.warmup_iters, max_iter)
+    scheduler = build_scheduler(optimizer, max_iter, t.poly_power, t.warmup_iters, t.warmup_ratio)
+    weights = criterion.class_weights
 
     models_dir = root / params.paths.models
     metrics_dir = root / params.paths.metrics
@@ -153,6 +202,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "train.device_used": str(device),
                 "train.amp_used": amp,
                 "model.num_parameters": sum(p.numel() for p in model.parameters()),
+                "model.trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "train.class_weights_used": "none" if weights is None else format_weights(weights.tolist()),
             }
         )
 
@@ -167,6 +218,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "training %s on %s (bfloat16 autocast %s): %d images, %d steps/epoch, %d epochs",
             params.model.encoder, device, "on" if amp else "off", len(dataset), steps_per_epoch, t.epochs,
         )
+        log.info("%s", describe_recipe(params, optimizer, criterion, max_iter))
         for epoch in range(1, t.epochs + 1):
             stats = train_one_epoch(
                 model,
@@ -174,8 +226,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 optimizer,
                 scheduler,
                 device=device,
-                aux_weight=params.model.aux_weight,
-                ignore_index=params.data.ignore_index,
+                criterion=criterion,
+                frozen=frozen,
                 epoch=epoch,
                 epochs=t.epochs,
                 global_step=step,
