@@ -141,6 +141,13 @@ def test_evaluate_end_to_end(project: tuple[Path, Params, str]) -> None:
         if value is not None:
             assert metrics[key] == pytest.approx(value)
     assert run.data.params["train.lr"] == "0.01"  # the train run itself, reopened
+    assert run.data.tags["evaluate.inference"] == "whole scales=[1.0]"
+
+    # Re-scored with the paper's test-time protocol: the shown scores say where they come from.
+    paper = params.model_copy(update={"evaluate": params.evaluate.model_copy(
+        update={"mode": "slide", "crop_size": (16, 16), "flip": True, "scales": (0.75, 1.0)})})
+    evaluate(paper, root)
+    assert client.get_run(run_id).data.tags["evaluate.inference"] == "slide 16x16 flip scales=[0.75, 1.0]"
 
     def listing(path: str) -> set[str]:
         return {f.path for f in client.list_artifacts(run_id, path)}

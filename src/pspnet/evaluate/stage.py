@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pspnet import io
-from pspnet.config import Params
+from pspnet.config import EvaluateConfig, Params
 from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.device import resolve_device
 from pspnet.data.manifest import MANIFEST_FILE
@@ -35,6 +35,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RUN_REF_FILE = "mlflow_run.json"
 EVAL_JSON = "eval.json"
 PER_CLASS_CSV = "per_class_iou.csv"
+#: MLflow tag naming the test-time settings of the run's (latest) validation scores.
+INFERENCE_TAG = "evaluate.inference"
 TRAIN_HISTORY_CSV = "train_history.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 TRAINING_CURVE_PNG = "training_curve.png"
@@ -58,11 +60,27 @@ def _write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[s
         frame.to_csv(tmp, index=False)
 
 
-def _log_to_mlflow(ref: RunRef, metrics: dict[str, float], files: list[tuple[Path, str]], overlays: Path) -> None:
+def inference_tag(cfg: EvaluateConfig) -> str:
+    """The test-time settings that produced the scores, e.g. ``slide 96x128 flip scales=[0.75, 1.0]``."""
+    parts = [cfg.mode if cfg.mode == "whole" else f"{cfg.mode} {cfg.crop_size[0]}x{cfg.crop_size[1]}"]
+    if cfg.flip:
+        parts.append("flip")
+    parts.append(f"scales={list(cfg.scales)}")
+    if cfg.base_size is not None:
+        parts.append(f"base_size={cfg.base_size}")
+    return " ".join(parts)
+
+
+def _log_to_mlflow(
+    ref: RunRef, metrics: dict[str, float], files: list[tuple[Path, str]], overlays: Path, tags: dict[str, str]
+) -> None:
     import mlflow
 
     try:
         with mlflow.start_run(run_id=ref.run_id):
+            # The latest evaluation of a run wins in the UI (the history keeps earlier ones); the
+            # tag says which test-time settings the shown scores come from.
+            mlflow.set_tags(tags)
             mlflow.log_metrics(metrics)
             for path, artifact_path in files:
                 mlflow.log_artifact(str(path), artifact_path=artifact_path)
@@ -163,7 +181,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         (plots_dir / CONFUSION_PNG, f"{ARTIFACT_DIR}/plots"),
         (plots_dir / TRAINING_CURVE_PNG, f"{ARTIFACT_DIR}/plots"),
     ]
-    _log_to_mlflow(ref, val_metrics, files, overlays_dir)
+    _log_to_mlflow(ref, val_metrics, files, overlays_dir, {INFERENCE_TAG: inference_tag(cfg)})
 
     seconds = round(time.perf_counter() - started, 2)
     log.info("evaluate: mIoU %.4f over %d images in %.1f s", result.miou, len(dataset), seconds)
