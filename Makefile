@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow test test-all ui lock clean
+.PHONY: help install run flow test test-all ablation ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: install  ## run the test suite (heavy tests marked `slow` excluded)
 
 test-all: install  ## run every test, the slow ones included
 	pytest
+
+ablation: install  ## the paper's ablations in miniature as dvc experiments -> docs/ablation.md (about 35 min on 2 cores)
+	pspnet ablation $(ABLATION_ARGS)
 
 ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -1,0 +1,207 @@
+"""The paper's ablations in miniature, as DVC experiments: ``pspnet ablation`` / ``make ablation``.
+
+Each row is one ``dvc exp run -n <name> -S key=value ...`` in the project's workspace, with the
+SAME seed, data and training budget; only the switches under study differ:
+
+====================  =====================================================================
+row                   what changes against ``pspnet`` (PPM, aux 0.4, avg pooling, 1 scale)
+====================  =====================================================================
+``fcn``               ``model.ppm=false``: the dilated-FCN baseline (paper Table 1)
+``pspnet``            the paper's network
+``aux0``              ``model.aux_weight=0``: no deep supervision (paper Table 2)
+``max``               ``model.ppm_pooling=max`` (paper Table 1)
+``pspnet-msflip``     ``evaluate.flip=true`` + multi-scale: the same trained model, tested with
+                      flip and scales (paper Table 4); DVC reruns only evaluate / register
+====================  =====================================================================
+
+Every row sets ALL the studied keys explicitly (so the rows do not depend on each other or on
+the order they run in). The rows' ``metrics/eval.json`` (and ``metrics/train.json``) are
+collected into ``<out>.json`` after each row (so an interrupted study keeps what it measured
+and ``--resume`` continues it) and rendered as a Markdown table in ``<out>.md``. The
+experiments stay in DVC (``dvc exp show``) and MLflow like any other run.
+
+The workspace's ``params.yaml`` is saved before and put back afterwards, even on failure; the
+workspace outputs are those of the last row (``dvc exp apply <name>`` switches between rows).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pspnet import io
+from pspnet.config import DEFAULT_PARAMS_FILE, load_params
+from pspnet.errors import ConfigError, PspnetError
+
+log = logging.getLogger(__name__)
+
+#: Scales of the multi-scale row: the paper's set trimmed to what 96x128 images support
+#: (0.5 leaves 6x8 features at output stride 8, too coarse to say anything).
+MS_SCALES = (0.75, 1.0, 1.25, 1.5)
+#: Where the study's table and its JSON twin go (``.md`` / ``.json`` added).
+DEFAULT_OUT = "docs/ablation"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One ablation row: a name, what it tests, and its ``-S`` overrides of the studied keys."""
+
+    name: str
+    description: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+#: The studied keys at the paper's setting; each row overrides some of them.
+BASELINE: dict[str, Any] = {
+    "model.ppm": True,
+    "model.aux_weight": 0.4,
+    "model.ppm_pooling": "avg",
+    "evaluate.flip": False,
+    "evaluate.scales": [1.0],
+}
+
+ROWS: tuple[Row, ...] = (
+    Row("fcn", "dilated FCN baseline (no PPM)", {"model.ppm": False}),
+    Row("pspnet", "PSPNet: PPM avg 1,2,3,6 + aux 0.4", {}),
+    Row("aux0", "PSPNet without the auxiliary loss", {"model.aux_weight": 0.0}),
+    Row("max", "PSPNet with max pooling in the PPM", {"model.ppm_pooling": "max"}),
+    Row("pspnet-msflip", "PSPNet tested with flip + scales " + "/".join(str(s) for s in MS_SCALES),
+        {"evaluate.flip": True, "evaluate.scales": list(MS_SCALES)}),
+)
+ROW_NAMES = tuple(r.name for r in ROWS)
+
+#: Metrics copied from ``metrics/eval.json`` into the study.
+EVAL_KEYS = ("miou", "miou_absent_as_zero", "macc", "allacc")
+
+
+def _format_value(value: Any) -> str:
+    """A value as ``dvc exp run -S`` parses it (YAML flow syntax)."""
+    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+
+
+def row_settings(row: Row, seed: int) -> dict[str, Any]:
+    """Every studied key for ``row`` (baseline + the row's overrides) and the seed."""
+    return {**BASELINE, **row.overrides, "train.seed": seed}
+
+
+def experiment_name(row: Row, seed: int) -> str:
+    return f"abl-{row.name}-s{seed}"
+
+
+def dvc_command(row: Row, seed: int) -> list[str]:
+    """The ``dvc exp run`` argument list of ``row`` (what the report prints, minus the python -m)."""
+    cmd = ["dvc", "exp", "run", "-n", experiment_name(row, seed)]
+    for key, value in row_settings(row, seed).items():
+        cmd += ["-S", f"{key}={_format_value(value)}"]
+    return cmd
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PspnetError(f"{path}: cannot read the experiment's metrics ({err}).") from None
+
+
+def collect_row(root: Path, row: Row, seed: int, seconds: float) -> dict[str, Any]:
+    """The study's record of one finished row, read from the workspace's metric files."""
+    params = load_params(root / DEFAULT_PARAMS_FILE)
+    metrics_dir = root / params.paths.metrics
+    evaluation = _read_json(metrics_dir / "eval.json")
+    training = _read_json(metrics_dir / "train.json")
+    per_class = evaluation.get("per_class_iou", {})
+    return {
+        "row": row.name,
+        "description": row.description,
+        "experiment": experiment_name(row, seed),
+        "seed": seed,
+        "command": shlex.join(dvc_command(row, seed)),
+        "settings": row_settings(row, seed),
+        **{k: evaluation.get(k) for k in EVAL_KEYS},
+        "per_class_iou": per_class,
+        "train_seconds": training.get("seconds"),
+        "epochs": training.get("epochs"),
+        "wall_seconds": round(seconds, 1),
+    }
+
+
+def render_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The study as a Markdown table (one line per row and seed) plus the per-class IoU and the
+    exact commands."""
+    lines = [
+        "| row | what | seed | val mIoU | mAcc | allAcc | worst class (IoU) | train s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in results:
+        per_class = r.get("per_class_iou") or {}
+        worst = min(per_class.items(), key=lambda kv: kv[1]) if per_class else ("-", float("nan"))
+        lines.append(
+            f"| {r['row']} | {r['description']} | {r['seed']} | {r['miou']:.4f} | {r['macc']:.4f} | "
+            f"{r['allacc']:.4f} | {worst[0]} ({worst[1]:.3f}) | {r['train_seconds']:.0f} |"
+        )
+    classes = list((results[0].get("per_class_iou") or {}).keys()) if results else []
+    if classes:
+        lines += ["", "Per-class IoU:", "", "| row | seed | " + " | ".join(classes) + " |",
+                  "| --- | ---: | " + " | ".join("---:" for _ in classes) + " |"]
+        for r in results:
+            pc = r.get("per_class_iou") or {}
+            lines.append(f"| {r['row']} | {r['seed']} | " + " | ".join(f"{pc.get(c, float('nan')):.3f}" for c in classes) + " |")
+    lines += ["", "Commands (run from the project root, in this order):", "", "```"]
+    lines += [r["command"] for r in results]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def _save(out: Path, results: list[dict[str, Any]]) -> None:
+    io.write_json(out.with_suffix(".json"), {"results": results})
+    io.write_text(out.with_suffix(".md"), render_markdown(results))
+
+
+def run_ablation(
+    root: Path, seeds: Sequence[int] = (0,), rows: Sequence[str] = ROW_NAMES, out: str = DEFAULT_OUT, resume: bool = False
+) -> dict[str, Any]:
+    """Run the ``rows`` x ``seeds`` experiments one after the other; see the module docstring."""
+    root = Path(root).resolve()
+    unknown = [r for r in rows if r not in ROW_NAMES]
+    if unknown:
+        raise ConfigError(f"unknown ablation row(s) {unknown}; known: {list(ROW_NAMES)}.")
+    selected = [r for r in ROWS if r.name in rows]
+    out_path = root / out
+    results: list[dict[str, Any]] = []
+    if resume and out_path.with_suffix(".json").is_file():
+        results = _read_json(out_path.with_suffix(".json")).get("results", [])
+    done = {(r["row"], r["seed"]) for r in results}
+    params_file = root / DEFAULT_PARAMS_FILE
+    load_params(params_file)  # a broken params file fails here, before any experiment
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "params.yaml"
+        shutil.copy2(params_file, saved)
+        try:
+            plan = [(row, seed) for seed in seeds for row in selected if (row.name, seed) not in done]
+            for i, (row, seed) in enumerate(plan, 1):
+                cmd = [sys.executable, "-m", *dvc_command(row, seed)]
+                log.info("ablation %d/%d: %s", i, len(plan), shlex.join(dvc_command(row, seed)))
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=root, env=os.environ.copy())
+                if proc.returncode != 0:
+                    raise PspnetError(
+                        f"ablation row {row.name!r} (seed {seed}) failed: `{shlex.join(dvc_command(row, seed))}` "
+                        f"exited with {proc.returncode}; the rows before it are in {out_path.with_suffix('.json')}."
+                    )
+                results.append(collect_row(root, row, seed, time.perf_counter() - start))
+                results.sort(key=lambda r: (r["seed"], ROW_NAMES.index(r["row"])))
+                _save(out_path, results)
+        finally:
+            io.write_bytes(params_file, saved.read_bytes())
+    return {"rows": len(results), "report": str(out_path.with_suffix(".md"))}

@@ -1,0 +1,39 @@
+"""`pspnet ablation`: rows run as real `dvc exp run` experiments in a tiny project; the
+multi-scale row reuses the trained model; the report and the user's params survive."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tests.integration.conftest import make_tiny_project, run
+
+
+def test_ablation_rows_are_dvc_experiments_and_the_report_is_written(tmp_path: Path) -> None:
+    project = make_tiny_project(tmp_path / "project")
+    params_before = (project / "params.yaml").read_bytes()
+    cli = [sys.executable, "-m", "pspnet.cli", "ablation", "--row", "pspnet", "--row", "pspnet-msflip", "--out", "docs/abl"]
+    run(cli, project, timeout=1200)
+
+    report = json.loads((project / "docs/abl.json").read_text())["results"]
+    assert [r["row"] for r in report] == ["pspnet", "pspnet-msflip"]
+    psp, msflip = report
+    assert psp["settings"]["evaluate.flip"] is False and msflip["settings"]["evaluate.flip"] is True
+    assert msflip["settings"]["evaluate.scales"] == [0.75, 1.0, 1.25, 1.5]
+    for r in report:
+        assert 0.0 <= r["miou"] <= 1.0 and r["per_class_iou"]
+    # Same training params: DVC reruns only evaluate/register, so the training record is the same.
+    assert msflip["train_seconds"] == psp["train_seconds"]
+
+    table = (project / "docs/abl.md").read_text()
+    assert "| pspnet-msflip |" in table
+    assert "dvc exp run -n abl-pspnet-msflip-s0" in table and "'evaluate.scales=[0.75,1.0,1.25,1.5]'" in table
+
+    names = run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], project).stdout.split()
+    assert {"abl-pspnet-s0", "abl-pspnet-msflip-s0"} <= set(names)
+    assert (project / "params.yaml").read_bytes() == params_before
+
+    # --resume keeps finished rows and runs nothing new for them.
+    again = run(cli + ["--resume"], project)
+    assert json.loads(again.stdout)["rows"] == 2
