@@ -8,14 +8,16 @@ row                   what changes against ``pspnet`` (PPM, aux 0.4, avg pooling
 ====================  =====================================================================
 ``fcn``               ``model.ppm=false``: the dilated-FCN baseline (paper Table 1)
 ``pspnet``            the paper's network
+``pspnet-msflip``     ``evaluate.flip=true`` + multi-scale: the same trained model, tested with
+                      flip and scales (paper Table 4); it runs right after ``pspnet``, so DVC
+                      reruns only evaluate / register
 ``aux0``              ``model.aux_weight=0``: no deep supervision (paper Table 2)
 ``max``               ``model.ppm_pooling=max`` (paper Table 1)
-``pspnet-msflip``     ``evaluate.flip=true`` + multi-scale: the same trained model, tested with
-                      flip and scales (paper Table 4); DVC reruns only evaluate / register
 ====================  =====================================================================
 
-Every row sets ALL the studied keys explicitly (so the rows do not depend on each other or on
-the order they run in). The rows' ``metrics/eval.json`` (and ``metrics/train.json``) are
+Every row sets ALL the studied keys explicitly, so its result does not depend on which rows ran
+before it (only its duration does: a row whose training parameters differ from the
+workspace's retrains). The rows' ``metrics/eval.json`` (and ``metrics/train.json``) are
 collected into ``<out>.json`` after each row (so an interrupted study keeps what it measured
 and ``--resume`` continues it) and rendered as a Markdown table in ``<out>.md``. The
 experiments stay in DVC (``dvc exp show``) and MLflow like any other run.
@@ -74,10 +76,12 @@ BASELINE: dict[str, Any] = {
 ROWS: tuple[Row, ...] = (
     Row("fcn", "dilated FCN baseline (no PPM)", {"model.ppm": False}),
     Row("pspnet", "PSPNet: PPM avg 1,2,3,6 + aux 0.4", {}),
-    Row("aux0", "PSPNet without the auxiliary loss", {"model.aux_weight": 0.0}),
-    Row("max", "PSPNet with max pooling in the PPM", {"model.ppm_pooling": "max"}),
+    # Right after `pspnet`: the workspace then holds that model, so DVC reruns only evaluate and
+    # register (the run cache cannot restore the train stage: it has uncached outputs).
     Row("pspnet-msflip", "PSPNet tested with flip + scales " + "/".join(str(s) for s in MS_SCALES),
         {"evaluate.flip": True, "evaluate.scales": list(MS_SCALES)}),
+    Row("aux0", "PSPNet without the auxiliary loss", {"model.aux_weight": 0.0}),
+    Row("max", "PSPNet with max pooling in the PPM", {"model.ppm_pooling": "max"}),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 
