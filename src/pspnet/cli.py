@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params, parse_params
-from pspnet.data.classes import load_classes
+from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.errors import ConfigError, PspnetError
 
 app = typer.Typer(
@@ -129,7 +129,6 @@ def model_info_command(
     The model section of the params file (when there is one) is the base; options override it.
     Nothing is trained or downloaded.
     """
-    from pspnet.data.classes import CLASSES_FILE
     from pspnet.model.info import model_info
 
     root = root.resolve()

@@ -9,7 +9,7 @@ import torch
 from pspnet.config import ModelConfig, TrainConfig
 from pspnet.model.pspnet import PSPNet, build_model
 from pspnet.train.loop import train_one_epoch
-from pspnet.train.loss import SegmentationCriterion, cross_entropy, segmentation_loss
+from pspnet.train.loss import SegmentationCriterion, cross_entropy
 from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder, poly_factor, warmup_poly_factor
 
 TINY_MODEL = ModelConfig(encoder="resnet18", head_channels=16, aux_channels=8)
@@ -71,15 +71,20 @@ def test_warmup_ramps_linearly_from_the_ratio_to_the_poly_value() -> None:
         warmup_poly_factor(100, 0.9, 10, 0.0)
 
 
-def test_scheduler_warms_up_both_groups_keeping_the_ten_times_ratio(model: PSPNet) -> None:
-    opt = build_optimizer(model, TrainConfig(lr=0.02, head_lr_multiplier=10.0))
-    sched = build_scheduler(opt, max_iter=20, power=0.9, warmup_iters=4, warmup_ratio=0.25)
+def _lrs_per_step(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, steps: int) -> list[list[float]]:
+    """The rate of every group at each of the first ``steps`` optimisation steps."""
     seen = []
-    for _ in range(8):
+    for _ in range(steps):
         seen.append([g["lr"] for g in opt.param_groups])
         opt.step()
         sched.step()
-    for i, (enc, new) in enumerate(seen):
+    return seen
+
+
+def test_scheduler_warms_up_both_groups_keeping_the_ten_times_ratio(model: PSPNet) -> None:
+    opt = build_optimizer(model, TrainConfig(lr=0.02, head_lr_multiplier=10.0))
+    sched = build_scheduler(opt, max_iter=20, power=0.9, warmup_iters=4, warmup_ratio=0.25)
+    for i, (enc, new) in enumerate(_lrs_per_step(opt, sched, 8)):
         poly = (1 - i / 20) ** 0.9
         ramp = 0.25 + 0.75 * i / 4 if i < 4 else 1.0
         assert enc == pytest.approx(0.02 * poly * ramp)
@@ -105,12 +110,7 @@ def test_frozen_encoder_is_left_out_of_the_optimizer() -> None:
 def test_scheduler_applies_poly_to_both_groups(model: PSPNet) -> None:
     opt = build_optimizer(model, TrainConfig(lr=0.02, head_lr_multiplier=10.0))
     sched = build_scheduler(opt, max_iter=10, power=0.9)
-    seen = []
-    for _ in range(10):
-        seen.append([g["lr"] for g in opt.param_groups])
-        opt.step()
-        sched.step()
-    for i, (enc, new) in enumerate(seen):
+    for i, (enc, new) in enumerate(_lrs_per_step(opt, sched, 10)):
         assert enc == pytest.approx(0.02 * (1 - i / 10) ** 0.9)
         assert new == pytest.approx(0.2 * (1 - i / 10) ** 0.9)
     assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
@@ -125,8 +125,8 @@ def test_loss_combines_main_and_aux_and_skips_ignored_pixels() -> None:
     expected = torch.nn.functional.cross_entropy(main, target, ignore_index=255) + 0.4 * torch.nn.functional.cross_entropy(
         aux, target, ignore_index=255
     )
-    assert segmentation_loss((main, aux), target, 0.4, 255) == pytest.approx(float(expected))
-    assert segmentation_loss((main, None), target, 0.4, 255) == pytest.approx(float(cross_entropy(main, target, 255)))
+    assert SegmentationCriterion(0.4, 255)((main, aux), target) == pytest.approx(float(expected))
+    assert SegmentationCriterion(0.4, 255)((main, None), target) == pytest.approx(float(cross_entropy(main, target, 255)))
     all_ignored = torch.full((2, 4, 5), 255)
     assert float(cross_entropy(main, all_ignored, 255)) == 0.0
 

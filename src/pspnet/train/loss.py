@@ -164,16 +164,6 @@ class SegmentationCriterion(nn.Module):
         return f"{terms}, ignore {self.ignore_index}, class weights {weights}, OHEM {ohem}"
 
 
-def segmentation_loss(
-    outputs: Outputs,
-    target: torch.Tensor,
-    aux_weight: float,
-    ignore_index: int = 255,
-) -> torch.Tensor:
-    """The paper's loss, unweighted and without OHEM: ``CE(main) + aux_weight * CE(aux)``."""
-    return SegmentationCriterion(aux_weight, ignore_index)(outputs, target)
-
-
 def format_weights(weights: Sequence[float]) -> str:
     """``[w0, w1, ...]`` with 4 significant digits (for logs and MLflow params)."""
     return "[" + ", ".join(f"{w:.4g}" for w in weights) + "]"

@@ -135,7 +135,7 @@ def build_criterion(params: Params, dataset: SegmentationDataset, num_classes: i
     return SegmentationCriterion(
         aux_weight=params.model.aux_weight,
         ignore_index=params.data.ignore_index,
-        class_weights=None if weights is None else torch.as_tensor(weights, dtype=torch.float32),
+        class_weights=weights,
         ohem=Ohem(t.ohem_thresh, t.ohem_min_kept) if t.ohem else None,
     )
 
