@@ -1,4 +1,10 @@
-"""The training pipeline as a Prefect 3 flow: prepare -> validate -> train -> evaluate -> register.
+"""The training pipeline as a Prefect 3 flow: import-data -> prepare -> validate -> train ->
+evaluate -> register.
+
+``import-data`` first brings the configured raw data under DVC (``pspnet import-data``:
+``dvc import-url`` once, ``dvc update`` on later runs, so new files in the source are picked
+up; nothing for the embedded dataset); it is retried like any transient failure (a remote
+that did not answer).
 
 Each task runs its stage THROUGH DVC (``python -m dvc repro <stage>`` in the project root), so
 ``dvc.lock`` always records what was run and an up-to-date stage is skipped, exactly as with a
@@ -194,6 +200,18 @@ _NEVER_CACHED = {
 _RETRY_DELAYS = [10, 30]
 
 
+@task(name="import-data", task_run_name="import-data", retries=2, retry_delay_seconds=_RETRY_DELAYS, **_NEVER_CACHED)
+def import_data_task(project_dir: str) -> dict[str, Any]:
+    """``pspnet import-data`` (the library function): the raw data's new DVC version, if any."""
+    from pspnet.data.location import import_data
+
+    root = Path(project_dir).resolve()
+    result = import_data(load_params(root / DEFAULT_PARAMS_FILE), root)
+    for item in result["inputs"]:
+        get_run_logger().info("%s: %s -> %s (%s)", item["field"], item["action"], item["path"], "new version" if item["changed"] else "unchanged")
+    return result
+
+
 @task(name="prepare", task_run_name="dvc-repro-prepare", retries=1, retry_delay_seconds=5, **_NEVER_CACHED)
 def prepare_stage(project_dir: str) -> dict[str, Any]:
     """``dvc repro prepare``: one retry (a flaky filesystem); none for config / data errors."""
@@ -237,12 +255,14 @@ STAGE_TASKS = {
 def training_pipeline(project_dir: str = ".") -> dict[str, Any]:
     """Run every stage in order through DVC; a failed stage stops the flow (and fails it).
 
-    Returns ``{"project_dir", "stages": {stage: {"ran", "seconds"}}, "registry": <reports/registry.json or None>}``.
+    Returns ``{"project_dir", "imports": [what import-data did], "stages": {stage: {"ran", "seconds"}},
+    "registry": <reports/registry.json or None>}``.
     """
     root = Path(project_dir).resolve()
     if not (root / "dvc.yaml").is_file():
         raise ConfigError(f"{root}: no dvc.yaml here; pass the project root as --project-dir.")
     logger = get_run_logger()
+    imported = import_data_task(str(root))
     results: dict[str, Any] = {}
     for stage, stage_task in STAGE_TASKS.items():
         result = stage_task(str(root))
@@ -250,7 +270,7 @@ def training_pipeline(project_dir: str = ".") -> dict[str, Any]:
         logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
     report = root / load_params(root / DEFAULT_PARAMS_FILE).paths.reports / "registry.json"
     registry = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
-    return {"project_dir": str(root), "stages": results, "registry": registry}
+    return {"project_dir": str(root), "imports": imported["inputs"], "stages": results, "registry": registry}
 
 
 def main(argv: list[str] | None = None) -> int:

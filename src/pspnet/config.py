@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pspnet.errors import ConfigError
 
@@ -33,6 +33,8 @@ class StrictModel(BaseModel):
 class PathsConfig(StrictModel):
     """Where stages read and write, relative to the project root (also used by dvc.yaml)."""
 
+    #: Raw datasets inside the project: DVC-tracked copies (``pspnet import-data``), read by prepare.
+    raw: str = "data/raw"
     prepared: str = "data/prepared"
     reports: str = "reports"
     models: str = "models"
@@ -54,17 +56,42 @@ class SyntheticConfig(StrictModel):
     noise_std: NonNegativeFloat = 6.0
 
 
-class SourceConfig(StrictModel):
-    """Which dataset to prepare. ``synthetic`` is generated; others read ``location``."""
+#: Source names (``data.source.name``); each has an adapter in :mod:`pspnet.data.sources`.
+SOURCE_NAMES = ("synthetic", "camvid", "ade20k", "voc", "cityscapes", "folder")
 
-    name: Literal["synthetic"] = "synthetic"
+
+class SourceConfig(StrictModel):
+    """Which dataset ``prepare`` converts, and where its files are.
+
+    ``location`` is the dataset's top folder as the dataset ships it: a path (relative to the
+    project root, or absolute) or a URL DVC can read (``s3://``, ``gs://``, ``azure://``,
+    ``https://``, ``ssh://`` ...). Anything outside ``paths.raw`` is brought into
+    ``<paths.raw>/<name>`` by ``pspnet import-data`` (``dvc import-url``), so the raw data is
+    versioned and ``dvc update`` picks up new files. ``synthetic`` needs no location.
+    """
+
+    name: Literal[SOURCE_NAMES] = "synthetic"  # type: ignore[valid-type]
     location: str | None = None
+    #: ``voc`` only: the SBD release's ``dataset`` folder (``cls/*.mat``, ``train.txt``,
+    #: ``val.txt``); when set, VOC's train split becomes ``train_aug`` (SBD train + val + VOC
+    #: train, minus VOC val: 10,582 images). Path or URL, imported like ``location``.
+    sbd_location: str | None = None
+
+    @model_validator(mode="after")
+    def _location_needed(self) -> SourceConfig:
+        if self.name != "synthetic" and not self.location:
+            raise ValueError(f"data.source.location is required for source {self.name!r}: the dataset's folder or URL")
+        if self.sbd_location and self.name != "voc":
+            raise ValueError(f"sbd_location applies to source 'voc' only, not {self.name!r}; remove it")
+        return self
 
 
 class DataConfig(StrictModel):
     source: SourceConfig = SourceConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     ignore_index: Annotated[int, Field(ge=0, le=255)] = 255
+    #: Threads that read, convert and write samples in ``prepare`` (and hash them).
+    num_workers: Annotated[int, Field(ge=1, le=64)] = 4
 
 
 class ValidateConfig(StrictModel):
@@ -82,6 +109,14 @@ class ValidateConfig(StrictModel):
     known_splits: tuple[str, ...] = ("train", "val", "test")
     #: Threads that open and decode the image and mask files while profiling the dataset.
     num_workers: Annotated[int, Field(ge=1, le=64)] = 4
+    #: Class distribution shift is flagged when the Jensen-Shannon distance (base 2, 0..1) between
+    #: two class histograms (train vs another split; this data version vs the previous one)
+    #: exceeds this.
+    shift_threshold: Annotated[float, Field(gt=0, le=1)] = 0.1
+    #: ``true``: a flagged shift fails the gate; ``false``: it is reported as a warning only.
+    fail_on_shift: bool = False
+    #: Data versions kept in ``<reports>/validation/history.json`` (for the version comparison).
+    history_limit: PositiveInt = 20
 
 
 #: ResNets built from basic blocks; ``stem: auto`` keeps torchvision's stem for them.

@@ -14,6 +14,13 @@ from pspnet.data import prepare as prep
 from pspnet.data import synthetic as syn
 from pspnet.data.classes import ClassTable
 from pspnet.data.manifest import read_manifest
+from pspnet.data.sources.base import SampleRef, SourceData, SourceFolders
+from pspnet.data.sources.synthetic import synthetic_source
+
+
+def _use_source(monkeypatch: pytest.MonkeyPatch, adapter: object) -> None:
+    """Make ``prepare`` use ``adapter`` whatever data.source.name says."""
+    monkeypatch.setattr(prep, "get_adapter", lambda name: adapter)
 
 TINY_SYNTHETIC = {"seed": 1, "train_size": 8, "val_size": 4, "height": 48, "width": 64}
 
@@ -75,18 +82,18 @@ def test_failure_midway_leaves_the_previous_dataset_intact(tmp_path: Path, monke
     folder = tmp_path / params.paths.prepared
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
-    def failing_source(params: Params, root: Path) -> prep.SourceData:
-        good = prep.synthetic_source(params, root)
+    def failing_source(params: Params, folders: SourceFolders) -> SourceData:
+        good = synthetic_source(params, folders)
 
-        def samples() -> Iterator[prep.Sample]:
+        def samples() -> Iterator[SampleRef]:
             for number, sample in enumerate(good.samples):
                 if number == 3:
                     raise OSError("disk full (simulated)")
                 yield sample
 
-        return prep.SourceData(good.classes, samples(), good.total)
+        return SourceData(good.classes, samples(), good.total)
 
-    monkeypatch.setitem(prep.SOURCES, "synthetic", failing_source)
+    _use_source(monkeypatch, failing_source)
     with pytest.raises(OSError, match="simulated"):
         prep.prepare(_params(seed=9), tmp_path)
     after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -95,12 +102,83 @@ def test_failure_midway_leaves_the_previous_dataset_intact(tmp_path: Path, monke
 
 
 def test_a_source_with_duplicate_ids_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def duplicated(params: Params, root: Path) -> prep.SourceData:
+    def duplicated(params: Params, folders: SourceFolders) -> SourceData:
         image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
-        samples = [prep.Sample("a", "train", image, mask), prep.Sample("a", "val", image, mask)]
-        return prep.SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 2)
+        samples = [SampleRef("a", "train", lambda: (image, mask)), SampleRef("a", "val", lambda: (image, mask))]
+        return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 2)
 
-    monkeypatch.setitem(prep.SOURCES, "synthetic", duplicated)
-    with pytest.raises(prep.DataError, match="'a': duplicate sample id"):
+    _use_source(monkeypatch, duplicated)
+    with pytest.raises(prep.DataError, match="'a'.*same sample id"):
         prep.prepare(_params(), tmp_path)
     assert not (tmp_path / "data/prepared").exists()
+
+
+def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large source is never read whole: at most workers x IN_FLIGHT_PER_WORKER samples are
+    loaded and not yet written at any moment, and the manifest keeps the source's order."""
+    import threading
+
+    live = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    written = []
+    real_write = prep.write_sample
+
+    def counting_write(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
+        with lock:
+            live["now"] += 1
+            live["most"] = max(live["most"], live["now"])
+        try:
+            return real_write(folder, ref, source)
+        finally:
+            with lock:
+                live["now"] -= 1
+                written.append(ref.id)
+
+    image, mask = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)
+    pulled = []
+
+    def many(params: Params, folders: SourceFolders) -> SourceData:
+        def refs() -> Iterator[SampleRef]:
+            for i in range(100):
+                pulled.append(i)
+                # The writer never pulls far ahead of what it has written.
+                assert len(pulled) - len(written) <= 2 * prep.IN_FLIGHT_PER_WORKER + 1
+                yield SampleRef(f"s{i:03d}", "train" if i % 4 else "val", lambda: (image, mask))
+
+        return SourceData(ClassTable(("x",), ((1, 2, 3),)), refs(), 100)
+
+    monkeypatch.setattr(prep, "write_sample", counting_write)
+    _use_source(monkeypatch, many)
+    result = prep.prepare(parse_params({"data": {"num_workers": 2}}), tmp_path)
+    assert result["num_samples"] == 100 and live["most"] <= 2
+    manifest = read_manifest(tmp_path / "data/prepared/manifest.csv")
+    assert list(manifest["id"]) == [f"s{i:03d}" for i in range(100)]
+
+
+def test_an_ignore_index_that_is_a_class_id_is_a_config_error(tmp_path: Path) -> None:
+    from pspnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.ignore_index 3 collides with class id 3 of 9 classes.*at least 9"):
+        prep.prepare(_params(ignore_index=3), tmp_path)
+
+
+def test_the_dataset_record_names_the_source_and_a_content_version(tmp_path: Path) -> None:
+    import json
+
+    params = _params()
+    first = prep.prepare(params, tmp_path)["version"]
+    record = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+    assert record["source"] == "synthetic" and record["version"] == first and record["inputs"] == {}
+    assert record["expect"]["image_sizes"] == [[48, 64]] and record["splits"] == {"train": 8, "val": 4}
+    assert prep.prepare(params, tmp_path)["version"] == first  # same data, same version
+    assert prep.prepare(_params(seed=2), tmp_path)["version"] != first
+
+
+def test_every_configurable_source_has_an_adapter() -> None:
+    from typing import get_args
+
+    from pspnet.config import SOURCE_NAMES, SourceConfig
+    from pspnet.data.sources import SOURCES, get_adapter
+
+    assert tuple(SOURCES) == SOURCE_NAMES == get_args(SourceConfig.model_fields["name"].annotation)
+    assert all(callable(get_adapter(name)) for name in SOURCES)

@@ -213,3 +213,67 @@ def test_error_message_caps_the_listed_samples() -> None:
 def test_class_coverage_check_can_be_switched_off() -> None:
     assert [c.name for c in dataset_checks(_params())] == ["split_sizes", "classes_in_train"]
     assert [c.name for c in dataset_checks(_params(require_all_classes_in_train=False))] == ["split_sizes"]
+
+
+# --------------------------------------------------------------------------------------------
+# What the source's definition promises, and distribution shift
+# --------------------------------------------------------------------------------------------
+
+
+def _set_expectations(root: Path, **expect: object) -> None:
+    path = root / PREPARED / "dataset.json"
+    record = json.loads(path.read_text())
+    record["expect"] = {"image_sizes": None, "min_side": None, "max_side": None, **expect}
+    path.write_text(json.dumps(record))
+
+
+def test_images_of_another_size_than_the_source_ships_are_named(clean_root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = _copy(clean_root, tmp_path_factory, "sizes")
+    assert json.loads((root / PREPARED / "dataset.json").read_text())["expect"]["image_sizes"] == [[48, 64]]
+    _set_expectations(root, image_sizes=[[48, 64], [360, 480]])
+    assert _run_validate(root, _params()).error is None
+
+    _set_expectations(root, image_sizes=[[360, 480]])
+    run = _run_validate(root, _params())
+    assert run.error is not None and len(run.summary["failing_samples"]) == 12
+    assert "images/train_0000.png is 48x64 (HxW), but synthetic images are 360x480" in str(run.error)
+
+    _set_expectations(root, max_side=60)
+    run = _run_validate(root, _params())
+    assert run.error is not None and "between 1 and 60 px on each side" in str(run.error)
+    assert {e["check"] for e in run.summary["expectations"] if not e["success"]} == {"image_max_side"}
+
+
+def test_a_class_shift_between_splits_warns_or_fails_as_configured(
+    clean_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    root = _copy(clean_root, tmp_path_factory, "shift")
+    run = _run_validate(root, _params())  # the generator draws val like train
+    assert run.error is None and run.summary["warnings"] == []
+    shift = run.summary["distribution_shift"][0]
+    assert shift["id"] == "train->val" and shift["js_distance"] < 0.1
+    assert set(run.summary["class_histograms"]) == {"train", "val"}
+
+    run = _run_validate(root, _params(shift_threshold=0.0001))
+    assert run.error is None and run.summary["success"] is True
+    assert len(run.summary["warnings"]) == 1 and run.summary["warnings"][0].startswith("class distribution shift train->val")
+
+    run = _run_validate(root, _params(shift_threshold=0.0001, fail_on_shift=True))
+    assert run.error is not None and "class distribution shift train->val: Jensen-Shannon distance" in str(run.error)
+
+
+def test_new_data_is_compared_with_the_previous_version(tmp_path: Path) -> None:
+    prepare(_params(), tmp_path)
+    validate(_params(), tmp_path)
+    first = json.loads((tmp_path / SUMMARY).read_text())
+    assert [s["id"] for s in first["distribution_shift"]] == ["train->val"]  # no earlier version
+
+    params = parse_params({"data": {"synthetic": {"seed": 7, "train_size": 8, "val_size": 4, "height": 48, "width": 64}}})
+    prepare(params, tmp_path)
+    validate(params, tmp_path)
+    second = json.loads((tmp_path / SUMMARY).read_text())
+    assert second["data_version"] != first["data_version"]
+    ids = [s["id"] for s in second["distribution_shift"]]
+    assert f"{first['data_version']}->{second['data_version']}:train" in ids
+    history = json.loads((tmp_path / "reports/validation/history.json").read_text())
+    assert [h["version"] for h in history] == [first["data_version"], second["data_version"]]

@@ -54,7 +54,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> 
 def make_tiny_project(dest: Path, overrides: dict | None = None) -> Path:
     """A git + DVC repo holding this project's pipeline definition with tiny parameters."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "data/raw/README.md"):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, dest / name)
     # Stage deps name library files; copy them so DVC can hash them.
     shutil.copytree(REPO_ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

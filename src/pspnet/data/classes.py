@@ -30,7 +30,11 @@ class ClassTable:
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"class names must be unique: {list(self.names)}")
         if self.ignore_index < len(self.names):
-            raise ValueError(f"ignore_index {self.ignore_index} collides with class id {self.ignore_index}")
+            raise ConfigError(
+                f"data.ignore_index {self.ignore_index} collides with class id {self.ignore_index} of "
+                f"{len(self.names)} classes. Fix: set data.ignore_index in params.yaml to a value of at least "
+                f"{len(self.names)} (255 is the usual choice)."
+            )
 
     @property
     def num_classes(self) -> int:

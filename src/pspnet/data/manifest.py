@@ -14,6 +14,8 @@ from pspnet import io
 from pspnet.errors import DataError
 
 MANIFEST_FILE = "manifest.csv"
+#: The prepared dataset's record, next to the manifest: source, inputs, expectations, data version.
+DATASET_FILE = "dataset.json"
 COLUMNS = ("id", "split", "image", "mask")
 
 

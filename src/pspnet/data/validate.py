@@ -8,7 +8,14 @@ expectation suite, validation definition and checkpoint per table):
   sizes, label values within the classes or the ignore index, unique ids, known splits;
 - ``splits``: one row per required split: it holds at least ``min_samples_per_split``;
 - ``classes``: one row per class: it appears in at least one train mask
-  (when ``require_all_classes_in_train``).
+  (when ``require_all_classes_in_train``);
+- ``shift``: one row per comparison of class histograms (every split against train, and each
+  split against the previous data version): Jensen-Shannon distance at most
+  ``shift_threshold``. A flagged shift is a warning unless ``fail_on_shift``.
+
+The suite learns what to expect from the source's definition (``dataset.json``, written by
+``prepare``): its class set (``classes.json``) bounds the label values, and its image sizes
+(exact sizes, or bounds on the sides) become expectations on every image.
 
 Each table's key column is ``id`` (sample id, split name, class name), so
 ``unexpected_index_column_names=["id"]`` names every offending row. It writes
@@ -20,6 +27,7 @@ listing every failure with its fix if anything failed: the report is always on d
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -32,11 +40,23 @@ import pandas as pd
 from pspnet import io
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
+from pspnet.data.manifest import DATASET_FILE
 from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset
+from pspnet.data.shift import (
+    load_history,
+    record_version,
+    split_histograms,
+    split_shift,
+    version_shift,
+)
+from pspnet.data.sources.base import Expectations
 from pspnet.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.json"
 PROFILE_FILE = "profile.csv"
 DOCS_DIR = "data_docs"
 #: Name of our Data Docs site (the default ephemeral context's own site is ``local_site``).
@@ -44,9 +64,9 @@ DOCS_SITE_NAME = "pspnet_validation"
 #: GE result format: every offending row, named by its ``id`` column.
 RESULT_FORMAT = {"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]}
 #: The three tables the gate validates, in order.
-SAMPLES_TABLE, SPLITS_TABLE, CLASSES_TABLE = "samples", "splits", "classes"
+SAMPLES_TABLE, SPLITS_TABLE, CLASSES_TABLE, SHIFT_TABLE = "samples", "splits", "classes", "shift"
 #: Names of the Great Expectations expectation classes the gate uses.
-IN_SET, AT_LEAST, UNIQUE = "ExpectColumnValuesToBeInSet", "ExpectColumnValuesToBeBetween", "ExpectColumnValuesToBeUnique"
+IN_SET, BETWEEN, UNIQUE = "ExpectColumnValuesToBeInSet", "ExpectColumnValuesToBeBetween", "ExpectColumnValuesToBeUnique"
 
 #: Renders, for a failing row (a dict of its columns), what is wrong and how to fix it.
 Explain = Callable[[dict[str, Any]], str]
@@ -109,6 +129,56 @@ def sample_checks(params: Params) -> list[Check]:
     ]
 
 
+def source_checks(expect: Expectations, source: str) -> list[Check]:
+    """Expectations from the source's definition: the image sizes it ships."""
+
+    def fix(row: dict[str, Any]) -> str:
+        return (
+            f"image {row['image']} is {row['image_size']} (HxW), but {source} images are {what}. "
+            "Fix: the file is truncated or not from this dataset; replace or remove it, or pick the right data.source.name"
+        )
+
+    checks = []
+    if expect.image_sizes is not None:
+        sizes = [f"{h}x{w}" for h, w in expect.image_sizes]
+        what = " or ".join(sizes)
+        checks.append(
+            Check("image_size", SAMPLES_TABLE, "image_size", f"image size (HxW) is {what}", IN_SET, {"value_set": sizes}, fix)
+        )
+    if expect.min_side is not None or expect.max_side is not None:
+        what = f"between {expect.min_side or 1} and {expect.max_side or 'any'} px on each side"
+        for column, bound in (("image_min_side", {"min_value": expect.min_side}), ("image_max_side", {"max_value": expect.max_side})):
+            if next(iter(bound.values())) is not None:
+                checks.append(Check(column, SAMPLES_TABLE, column, f"image sides are {what}", BETWEEN, bound, fix))
+    return checks
+
+
+def shift_checks(params: Params) -> list[Check]:
+    """Class histograms do not drift apart (table ``shift``)."""
+    threshold = params.validate_.shift_threshold
+
+    def shifted(row: dict[str, Any]) -> str:
+        changes = json.loads(row["top_changes"])
+        moved = ", ".join(f"{c['class']} {c['reference_share']:.3f}->{c['share']:.3f}" for c in changes)
+        return (
+            f"class distribution shift {row['id']}: Jensen-Shannon distance {row['js_distance']:.3f} > "
+            f"{threshold} (largest changes: {moved}). Check that the data is what you meant; raise "
+            "validate.shift_threshold if this shift is expected"
+        )
+
+    return [
+        Check(
+            "class_shift",
+            SHIFT_TABLE,
+            "js_distance",
+            f"class histograms within Jensen-Shannon distance {threshold}",
+            BETWEEN,
+            {"max_value": threshold},
+            shifted,
+        )
+    ]
+
+
 def dataset_checks(params: Params) -> list[Check]:
     """The dataset-level expectations (tables ``splits`` and ``classes``)."""
     minimum = params.validate_.min_samples_per_split
@@ -132,7 +202,7 @@ def dataset_checks(params: Params) -> list[Check]:
             SPLITS_TABLE,
             "num_samples",
             f"every required split has at least {minimum} sample(s)",
-            AT_LEAST,
+            BETWEEN,
             {"min_value": minimum},
             split_too_small,
         )
@@ -144,7 +214,7 @@ def dataset_checks(params: Params) -> list[Check]:
                 CLASSES_TABLE,
                 "train_masks",
                 "every class appears in at least one train mask",
-                AT_LEAST,
+                BETWEEN,
                 {"min_value": 1},
                 class_unseen,
             )
@@ -385,9 +455,9 @@ def error_message(
     At most ``limit`` of each are listed; the rest are counted ("... and N more").
     """
     lines = [
-        f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
+        (f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
         f"{len(dataset_failures)} failed dataset-level check(s) (sample file paths are relative to {prepared}). "
-        f"Report: {report}; Data Docs: {docs}"
+        f"Report: {report}; Data Docs: {docs}")
     ]
     if failures:
         lines.append("Failing samples:")
@@ -415,6 +485,38 @@ def _fail_early(report_dir: Path, prepared: str, err: DataError) -> NoReturn:
     raise err
 
 
+def _dataset_record(prepared_dir: Path) -> dict[str, Any]:
+    """``dataset.json`` of the prepared dataset, or ``{}`` (no source expectations) if absent."""
+    path = prepared_dir / DATASET_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(f"{path}: malformed ({err}). Re-run `prepare` to rewrite it.") from None
+
+
+def _with_size_columns(profile: pd.DataFrame) -> pd.DataFrame:
+    """Add ``image_size`` ("HxW"), ``image_min_side`` and ``image_max_side`` to the profile."""
+    heights, widths = profile["image_height"], profile["image_width"]
+    return profile.assign(
+        image_size=[f"{h}x{w}" if pd.notna(h) else "unreadable" for h, w in zip(heights, widths)],
+        image_min_side=pd.concat([heights, widths], axis=1).min(axis=1, skipna=False).astype("Int64"),
+        image_max_side=pd.concat([heights, widths], axis=1).max(axis=1, skipna=False).astype("Int64"),
+    )
+
+
+def _shift_frame(shifts: list[dict[str, Any]]) -> pd.DataFrame:
+    """The ``shift`` table: ``id``, ``js_distance`` (NaN: not comparable), ``top_changes`` (JSON)."""
+    return pd.DataFrame(
+        {
+            "id": [s["id"] for s in shifts],
+            "js_distance": pd.array([s["js_distance"] for s in shifts], dtype="Float64"),
+            "top_changes": [json.dumps(s["top_changes"]) for s in shifts],
+        }
+    )
+
+
 def validate(params: Params, root: Path) -> dict[str, Any]:
     """Stage ``validate``: run the gate on ``root / params.paths.prepared``.
 
@@ -423,7 +525,7 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
     a short summary; raises :class:`DataError` (after writing the report) if any check failed.
     """
     start = time.perf_counter()
-    root = Path(root)
+    root = Path(root).resolve()
     prepared_dir = root / params.paths.prepared
     report_dir = root / params.paths.reports / VALIDATION_DIR
     report_rel = f"{params.paths.reports}/{VALIDATION_DIR}"
@@ -433,31 +535,59 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
     except DataError as err:
         _fail_early(report_dir, params.paths.prepared, err)
 
+    dataset = _dataset_record(prepared_dir)
+    expect = Expectations.from_json(dataset.get("expect", {}))
+    profile = _with_size_columns(profile)
+    coverage = class_coverage(profile, classes)
+    histograms = split_histograms(coverage)
+    history_path = report_dir / HISTORY_FILE
+    shifts = split_shift(histograms, classes.names) + version_shift(
+        load_history(history_path), dataset.get("version"), histograms, classes.names
+    )
     tables = {
         SAMPLES_TABLE: profile,
         SPLITS_TABLE: split_table(profile, params.validate_.required_splits),
         CLASSES_TABLE: class_table(profile, classes),
+        SHIFT_TABLE: _shift_frame(shifts),
     }
-    checks = sample_checks(params) + dataset_checks(params)
+    checks = sample_checks(params) + source_checks(expect, dataset.get("source", "this source")) + dataset_checks(params)
+    checks += shift_checks(params)
     with io.atomic_dir(report_dir / DOCS_DIR) as docs_tmp:
         outcomes = run_expectations(tables, checks, docs_tmp)
         _write_profile(docs_tmp / PROFILE_FILE, profile)
 
-    failures = failing_samples(profile, outcomes)
-    dataset_failures = failed_dataset_checks(tables, outcomes)
-    success = all(o.success for o in outcomes) and not failures and not dataset_failures
+    gate = [o for o in outcomes if o.check.table != SHIFT_TABLE or params.validate_.fail_on_shift]
+    warnings = failed_dataset_checks(tables, [o for o in outcomes if o not in gate])
+    for warning in warnings:
+        log.warning("validate: %s", warning)
+    failures = failing_samples(profile, gate)
+    dataset_failures = failed_dataset_checks(tables, gate)
+    success = all(o.success for o in gate) and not failures and not dataset_failures
     summary = {
         "success": success,
         "prepared": params.paths.prepared,
+        "source": dataset.get("source"),
+        "data_version": dataset.get("version"),
         "num_samples": len(profile),
         "counts_per_split": {str(k): int(v) for k, v in profile["split"].value_counts(sort=False).items()},
+        "image_sizes": {str(k): int(v) for k, v in profile["image_size"].value_counts().items()},
         "expectations": [o.to_json() for o in outcomes],
         "failing_samples": failures,
         "failed_dataset_checks": dataset_failures,
-        "class_coverage": class_coverage(profile, classes),
+        "warnings": warnings,
+        "class_coverage": coverage,
+        "class_histograms": histograms,
+        "distribution_shift": shifts,
         "data_docs": f"{report_rel}/{DOCS_DIR}/index.html",
         "profile": f"{report_rel}/{DOCS_DIR}/{PROFILE_FILE}",
     }
+    if success:
+        record_version(
+            history_path,
+            {"version": dataset.get("version"), "source": dataset.get("source"), "num_samples": len(profile),
+             "histograms": histograms},
+            params.validate_.history_limit,
+        )  # fmt: skip
     io.write_json(report_dir / SUMMARY_FILE, summary)
     if not success:
         raise DataError(
@@ -475,6 +605,7 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
         "num_samples": len(profile),
         "counts_per_split": summary["counts_per_split"],
         "expectations": len(outcomes),
+        "warnings": len(warnings),
         "summary": f"{report_rel}/{SUMMARY_FILE}",
         "data_docs": summary["data_docs"],
         "seconds": round(time.perf_counter() - start, 2),

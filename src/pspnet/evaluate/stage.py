@@ -27,12 +27,11 @@ from pspnet.errors import DataError, PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
 from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay, plot_training_curve
-from pspnet.registry.tracking import RunRef, setup_mlflow
+from pspnet.registry.tracking import RUN_REF_FILE, RunRef, setup_mlflow
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-RUN_REF_FILE = "mlflow_run.json"
 EVAL_JSON = "eval.json"
 PER_CLASS_CSV = "per_class_iou.csv"
 #: MLflow tag naming the test-time settings of the run's (latest) validation scores.

@@ -35,12 +35,11 @@ from typing import Any
 from pspnet import io
 from pspnet.config import Params
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.registry.tracking import RunRef, setup_mlflow
+from pspnet.registry.tracking import RUN_REF_FILE, RunRef, setup_mlflow
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-RUN_REF_FILE = "mlflow_run.json"
 EVAL_METRICS_FILE = "eval.json"
 REPORT_FILE = "registry.json"
 #: Name of the model inside the run (MLflow 3 "logged model" name).

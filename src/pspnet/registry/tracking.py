@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pspnet import io
 from pspnet.config import MlflowConfig
+from pspnet.data.manifest import DATASET_FILE
 from pspnet.errors import PspnetError
 
 DB_FILE = "mlflow.db"
@@ -90,6 +91,27 @@ def setup_mlflow(cfg: MlflowConfig, root: str | Path | None = None) -> str:
         ) from None
 
 
+#: Where a stage records the MLflow run it logged to (under ``paths.models``).
+RUN_REF_FILE = "mlflow_run.json"
+
+
+def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:
+    """Tags naming the data a run used: source, location, the prepared data version (a content
+    hash of every prepared file) and the raw data version DVC recorded (``dvc update`` changes
+    it). Empty when the prepared dataset has no record."""
+    try:
+        record = json.loads((Path(prepared_dir) / DATASET_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    tags = {"data.source": str(record.get("source")), "data.version": str(record.get("version"))}
+    for field, item in (record.get("inputs") or {}).items():
+        short = field.removeprefix("data.source.")
+        tags[f"data.{short}"] = str(item.get("location"))
+        if item.get("dvc_version"):
+            tags[f"data.{short}.dvc_md5"] = str(item["dvc_version"])
+    return tags
+
+
 def run_tags(root: str | Path | None = None) -> dict[str, str]:
     """Tags that tie a run to its code and experiment: git commit, DVC experiment name."""
     tags: dict[str, str] = {}
@@ -103,6 +125,8 @@ def run_tags(root: str | Path | None = None) -> dict[str, str]:
         pass
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("PSPNET_RUN_NAME"):  # set by `pspnet experiment` (pspnet.experiment.RUN_NAME_ENV)
+        tags["pspnet.run_name"] = os.environ["PSPNET_RUN_NAME"]
     return tags
 
 

@@ -44,7 +44,7 @@ from pspnet.device import resolve_device
 from pspnet.errors import DataError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model
-from pspnet.registry.tracking import RunRef, run_tags, setup_mlflow
+from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
 from pspnet.train.loop import EpochStats, train_one_epoch
 from pspnet.train.loss import Ohem, SegmentationCriterion, format_weights, resolve_class_weights
 from pspnet.train.optim import build_optimizer, build_scheduler, describe_groups, freeze_encoder
@@ -52,7 +52,6 @@ from pspnet.train.optim import build_optimizer, build_scheduler, describe_groups
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-RUN_REF_FILE = "mlflow_run.json"
 TRAIN_METRICS_FILE = "train.json"
 HISTORY_FILE = "train_history.csv"
 HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "seconds", "images_per_second")
@@ -192,7 +191,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     history: list[EpochStats] = []
     window: list[float] = []
 
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(root)) as run:
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(root) | dataset_tags(prepared)) as run:
         mlflow.log_params(params.to_flat_dict())
         mlflow.log_params(
             {

@@ -1,0 +1,202 @@
+"""Where a source's raw files are, and bringing them under DVC: ``pspnet import-data``.
+
+``prepare`` reads raw data only from inside ``paths.raw`` (``data/raw``), which is a
+dependency of the prepare stage in ``dvc.yaml``: so whatever DVC knows about the raw data
+(a new version after ``dvc update``, a changed ``dvc add``) reruns prepare and everything
+downstream, and ``dvc.lock`` records which version each run used.
+
+- A ``location`` inside ``paths.raw`` is read in place; ``import-data`` runs ``dvc add`` on it
+  (again after files were added, so its ``.dvc`` file records the new version).
+- A ``location`` elsewhere (another local folder or a URL: ``s3://``, ``https://`` ...) is
+  imported into ``<paths.raw>/<name>`` with ``dvc import-url``; ``import-data`` later runs
+  ``dvc update`` to pick up new files, or re-imports when the location changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pspnet.config import Params
+from pspnet.errors import DataError, PspnetError
+
+log = logging.getLogger(__name__)
+
+DVC_FILE_SUFFIX = ".dvc"
+#: Folder name under ``paths.raw`` of the SBD import (``data.source.sbd_location``).
+SBD_TARGET = "sbd"
+
+
+@dataclass(frozen=True)
+class RawInput:
+    """One raw input of the source: which parameter names it, its value, its folder in the project."""
+
+    field: str
+    location: str
+    #: Where prepare reads it (inside ``paths.raw``).
+    path: Path
+    #: ``True`` when it lives outside ``paths.raw`` and is brought in by ``dvc import-url``.
+    imported: bool
+
+    @property
+    def dvc_file(self) -> Path:
+        return self.path.with_name(self.path.name + DVC_FILE_SUFFIX)
+
+
+def is_url(location: str) -> bool:
+    """``True`` for ``scheme://...`` locations (what DVC imports from remote storage)."""
+    return "://" in location
+
+
+def _local_path(location: str, root: Path) -> Path:
+    """The absolute path of a local location (symlinks kept: a link inside raw/ stays inside)."""
+    path = Path(location).expanduser()
+    return Path(os.path.abspath(path if path.is_absolute() else root / path))
+
+
+def raw_inputs(params: Params, root: Path) -> list[RawInput]:
+    """The raw inputs ``params.data.source`` names (none for ``synthetic``)."""
+    source = params.data.source
+    raw_root = _local_path(params.paths.raw, root)
+    wanted = [("data.source.location", source.location, source.name)]
+    if source.sbd_location:
+        wanted.append(("data.source.sbd_location", source.sbd_location, SBD_TARGET))
+    inputs = []
+    for field, location, target in wanted:
+        if not location:
+            continue
+        if not is_url(location):
+            local = _local_path(location, root)
+            if local == raw_root or raw_root in local.parents:
+                inputs.append(RawInput(field, location, local, imported=False))
+                continue
+        inputs.append(RawInput(field, location, raw_root / target, imported=True))
+    return inputs
+
+
+def _dvc_file_source(dvc_file: Path) -> str | None:
+    """The location an import's ``.dvc`` file was imported from (absolute for local paths)."""
+    try:
+        record = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
+        source = str(record["deps"][0]["path"])
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+    return source if is_url(source) else str(_local_path(source, dvc_file.parent))
+
+
+def _same_location(recorded: str | None, location: str, root: Path) -> bool:
+    if recorded is None:
+        return False
+    if is_url(location):
+        return recorded.rstrip("/") == location.rstrip("/")
+    return recorded == str(_local_path(location, root))
+
+
+def raw_version(item: RawInput) -> str | None:
+    """The md5 DVC recorded for the input's folder (its data version), if it is DVC-tracked."""
+    try:
+        record = yaml.safe_load(item.dvc_file.read_text(encoding="utf-8")) or {}
+        return str(record["outs"][0]["md5"])
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+
+
+def resolve_input(item: RawInput, root: Path) -> Path:
+    """The folder prepare reads for ``item``, checked; a :class:`DataError` says how to fix it."""
+    if not item.imported:
+        if not item.path.is_dir():
+            raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
+        return item.path
+    command = "pspnet import-data"
+    if not item.path.is_dir():
+        raise DataError(
+            f"{item.field}: {item.location} is outside the project's raw-data folder and has not been "
+            f"imported into {item.path.relative_to(root)} yet. Fix: run `{command}`, which runs "
+            f"`dvc import-url {item.location} {item.path.relative_to(root)}` so the raw data is versioned."
+        )
+    recorded = _dvc_file_source(item.dvc_file)
+    if not _same_location(recorded, item.location, root):
+        raise DataError(
+            f"{item.field}: {item.path.relative_to(root)} was imported from {recorded or 'an unknown location'} "
+            f"but params.yaml now says {item.location}. Fix: run `{command}` to re-import it."
+        )
+    return item.path
+
+
+def run_dvc(root: Path, *args: str) -> str:
+    """Run ``dvc <args>`` in ``root``; its output, or a :class:`PspnetError` with its message."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    log.info("running: dvc %s", " ".join(args))
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise PspnetError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}): " + " / ".join(detail[-5:]))
+    return done.stdout
+
+
+def stage_in_git(root: Path, paths: list[Path]) -> None:
+    """``git add`` the DVC metafiles an import wrote (what ``core.autostage`` would do), so that
+    ``dvc exp run`` and the next commit carry them; a no-op outside a git repository."""
+    existing = [str(p.relative_to(root)) for p in paths if p.exists()]
+    if not existing or not (root / ".git").exists():
+        return
+    done = subprocess.run(["git", "add", "--", *existing], cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        log.warning("git add %s failed: %s", " ".join(existing), done.stderr.strip())
+
+
+def import_data(params: Params, root: Path) -> dict[str, Any]:
+    """Bring every raw input of ``params.data.source`` under DVC (see the module doc).
+
+    The ``.dvc`` file and ``.gitignore`` DVC writes are staged in git (commit them with your
+    change). Returns ``{"source": name, "inputs": [{field, location, path, action, version_before,
+    version, changed}]}``; ``version`` is the md5 DVC records for the folder.
+    """
+    root = Path(root).resolve()
+    results = []
+    for item in raw_inputs(params, root):
+        before = raw_version(item)
+        rel = str(item.path.relative_to(root))
+        if not item.imported:
+            if not item.path.is_dir():
+                raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
+            action = "dvc add"
+            run_dvc(root, "add", rel)
+        elif item.dvc_file.is_file() and _same_location(_dvc_file_source(item.dvc_file), item.location, root):
+            action = "dvc update"
+            run_dvc(root, "update", str(item.dvc_file.relative_to(root)))
+            if not item.path.exists():  # `dvc update` of an unchanged source does not restore a deleted copy
+                run_dvc(root, "checkout", str(item.dvc_file.relative_to(root)))
+        else:
+            action = "dvc import-url"
+            item.path.parent.mkdir(parents=True, exist_ok=True)
+            location = item.location if is_url(item.location) else str(_local_path(item.location, root))
+            if item.dvc_file.exists():  # imported from elsewhere before: drop that import (it stays in the cache)
+                run_dvc(root, "remove", "--outs", str(item.dvc_file.relative_to(root)))
+            elif item.path.exists():
+                raise DataError(
+                    f"{item.path}: already exists and is not a DVC import; import-data will not overwrite it. "
+                    f"Fix: move it away, or set {item.field} to it (data inside {params.paths.raw}/ is read in place)."
+                )
+            run_dvc(root, "import-url", location, rel)
+        stage_in_git(root, [item.dvc_file, item.path.parent / ".gitignore"])
+        after = raw_version(item)
+        results.append(
+            {
+                "field": item.field,
+                "location": item.location,
+                "path": rel,
+                "action": action,
+                "version_before": before,
+                "version": after,
+                "changed": before != after,
+            }
+        )
+    return {"source": params.data.source.name, "inputs": results}

@@ -1,0 +1,98 @@
+"""Where prepare reads raw data, and `pspnet import-data`: real DVC in a temp git repo."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pspnet.config import Params, parse_params
+from pspnet.data.location import import_data, raw_inputs, resolve_input
+from pspnet.errors import DataError
+from tests.integration.conftest import run
+
+
+def _params(location: str, name: str = "camvid", **source: object) -> Params:
+    return parse_params({"data": {"source": {"name": name, "location": location, **source}}})
+
+
+def _repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    run(["git", "init", "-q"], path)
+    run(["dvc", "init", "-q"], path)
+    (path / "data/raw").mkdir(parents=True)
+    (path / "data/raw/README.md").write_text("raw data\n")
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-q", "-m", "init"], path)
+    return path
+
+
+def _dataset(path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+def test_locations_inside_raw_are_read_in_place_others_are_imported(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    inside = raw_inputs(_params("data/raw/mine"), root)[0]
+    assert not inside.imported and inside.path == root / "data/raw/mine"
+    outside = raw_inputs(_params("../elsewhere/CamVid"), root)[0]
+    assert outside.imported and outside.path == root / "data/raw/camvid"
+    url = raw_inputs(_params("s3://bucket/ade", name="ade20k"), root)[0]
+    assert url.imported and url.path == root / "data/raw/ade20k"
+    voc = raw_inputs(_params("/data/VOC2012", name="voc", sbd_location="https://host/sbd.tgz"), root)
+    assert [(i.field, i.path.name) for i in voc] == [("data.source.location", "voc"), ("data.source.sbd_location", "sbd")]
+    assert raw_inputs(parse_params({}), root) == []  # synthetic needs no files
+
+
+def test_an_outside_location_not_imported_yet_says_which_command_imports_it(tmp_path: Path) -> None:
+    item = raw_inputs(_params("/data/CamVid"), tmp_path)[0]
+    with pytest.raises(DataError, match=r"data\.source\.location: /data/CamVid is outside .* run `pspnet import-data`"):
+        resolve_input(item, tmp_path)
+
+
+def test_import_then_update_versions_the_raw_data(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "project")
+    source = _dataset(tmp_path / "CamVid", {"train/a.png": "a", "trainannot/a.png": "a"})
+    params = _params(str(source))
+
+    first = import_data(params, root)["inputs"][0]
+    assert first["action"] == "dvc import-url" and first["changed"] and first["version"]
+    assert (root / "data/raw/camvid/train/a.png").read_text() == "a"
+    record = yaml.safe_load((root / "data/raw/camvid.dvc").read_text())
+    assert record["frozen"] is True and Path(root / "data/raw", record["deps"][0]["path"]).resolve() == source.resolve()
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=root, capture_output=True, text=True).stdout
+    assert set(staged.split()) == {"data/raw/camvid.dvc", "data/raw/.gitignore"}  # ready to commit
+    assert resolve_input(raw_inputs(params, root)[0], root) == root / "data/raw/camvid"
+
+    same = import_data(params, root)["inputs"][0]
+    assert same["action"] == "dvc update" and not same["changed"]
+
+    _dataset(source, {"train/b.png": "b", "trainannot/b.png": "b"})
+    updated = import_data(params, root)["inputs"][0]
+    assert updated["action"] == "dvc update" and updated["changed"] and updated["version"] != first["version"]
+    assert (root / "data/raw/camvid/train/b.png").read_text() == "b"
+
+
+def test_a_moved_location_is_refused_until_reimported(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "project")
+    old = _dataset(tmp_path / "old", {"train/a.png": "a"})
+    new = _dataset(tmp_path / "new", {"train/z.png": "z"})
+    import_data(_params(str(old)), root)
+    with pytest.raises(DataError, match=r"was imported from .*old but params\.yaml now says .*new.*pspnet import-data"):
+        resolve_input(raw_inputs(_params(str(new)), root)[0], root)
+    result = import_data(_params(str(new)), root)["inputs"][0]
+    assert result["action"] == "dvc import-url"
+    assert sorted(p.name for p in (root / "data/raw/camvid/train").iterdir()) == ["z.png"]
+
+
+def test_data_copied_into_raw_is_tracked_with_dvc_add(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "project")
+    _dataset(root / "data/raw/mine", {"images/train/a.png": "a"})
+    result = import_data(_params("data/raw/mine", name="folder"), root)["inputs"][0]
+    assert result["action"] == "dvc add" and result["version"]
+    assert (root / "data/raw/mine.dvc").is_file()
