@@ -18,7 +18,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow test test-all ablation ui lock clean
+.PHONY: help install run flow test test-all ablation import-data run-camvid ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,12 @@ test-all: install  ## run every test, the slow ones included
 
 ablation: install  ## the paper's ablations in miniature as dvc experiments -> docs/ablation.md (about 35 min on 2 cores)
 	pspnet ablation $(ABLATION_ARGS)
+
+import-data: install  ## bring data.source (params.yaml) under DVC: dvc import-url into data/raw, or dvc update
+	pspnet import-data
+
+run-camvid: install  ## CamVid from scratch in 30 min on 2 CPU cores -> docs/results/camvid-cpu.md (CAMVID=/path/to/CamVid)
+	pspnet experiment camvid-cpu $(if $(CAMVID),--set data.source.location=$(CAMVID))
 
 ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -28,23 +28,23 @@ workspace outputs are those of the last row (``dvc exp apply <name>`` switches b
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pspnet import io
-from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.experiment import (
+    EVAL_KEYS,
+    exp_run_command,
+    params_restored,
+    read_json,
+    run_experiment,
+    workspace_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,6 @@ ROWS: tuple[Row, ...] = (
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
 
-#: Metrics copied from ``metrics/eval.json`` into the study.
-EVAL_KEYS = ("miou", "miou_absent_as_zero", "macc", "allacc")
-
-
-def _format_value(value: Any) -> str:
-    """A value as ``dvc exp run -S`` parses it (YAML flow syntax)."""
-    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
 
 
 def row_settings(row: Row, seed: int) -> dict[str, Any]:
@@ -105,26 +98,12 @@ def experiment_name(row: Row, seed: int) -> str:
 
 def dvc_command(row: Row, seed: int) -> list[str]:
     """The ``dvc exp run`` argument list of ``row`` (what the report prints, minus the python -m)."""
-    cmd = ["dvc", "exp", "run", "-n", experiment_name(row, seed)]
-    for key, value in row_settings(row, seed).items():
-        cmd += ["-S", f"{key}={_format_value(value)}"]
-    return cmd
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PspnetError(f"{path}: cannot read the experiment's metrics ({err}).") from None
+    return exp_run_command(experiment_name(row, seed), row_settings(row, seed))
 
 
 def collect_row(root: Path, row: Row, seed: int, seconds: float) -> dict[str, Any]:
     """The study's record of one finished row, read from the workspace's metric files."""
-    params = load_params(root / DEFAULT_PARAMS_FILE)
-    metrics_dir = root / params.paths.metrics
-    evaluation = _read_json(metrics_dir / "eval.json")
-    training = _read_json(metrics_dir / "train.json")
-    per_class = evaluation.get("per_class_iou", {})
+    results = workspace_results(root)
     return {
         "row": row.name,
         "description": row.description,
@@ -132,10 +111,7 @@ def collect_row(root: Path, row: Row, seed: int, seconds: float) -> dict[str, An
         "seed": seed,
         "command": shlex.join(dvc_command(row, seed)),
         "settings": row_settings(row, seed),
-        **{k: evaluation.get(k) for k in EVAL_KEYS},
-        "per_class_iou": per_class,
-        "train_seconds": training.get("seconds"),
-        "epochs": training.get("epochs"),
+        **{k: results[k] for k in (*EVAL_KEYS, "per_class_iou", "train_seconds", "epochs")},
         "wall_seconds": round(seconds, 1),
     }
 
@@ -184,28 +160,17 @@ def run_ablation(
     out_path = root / out
     results: list[dict[str, Any]] = []
     if resume and out_path.with_suffix(".json").is_file():
-        results = _read_json(out_path.with_suffix(".json")).get("results", [])
+        results = read_json(out_path.with_suffix(".json")).get("results", [])
     done = {(r["row"], r["seed"]) for r in results}
-    params_file = root / DEFAULT_PARAMS_FILE
-    load_params(params_file)  # a broken params file fails here, before any experiment
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = Path(tmp) / "params.yaml"
-        shutil.copy2(params_file, saved)
-        try:
-            plan = [(row, seed) for seed in seeds for row in selected if (row.name, seed) not in done]
-            for i, (row, seed) in enumerate(plan, 1):
-                cmd = [sys.executable, "-m", *dvc_command(row, seed)]
-                log.info("ablation %d/%d: %s", i, len(plan), shlex.join(dvc_command(row, seed)))
-                start = time.perf_counter()
-                proc = subprocess.run(cmd, cwd=root, env=os.environ.copy())
-                if proc.returncode != 0:
-                    raise PspnetError(
-                        f"ablation row {row.name!r} (seed {seed}) failed: `{shlex.join(dvc_command(row, seed))}` "
-                        f"exited with {proc.returncode}; the rows before it are in {out_path.with_suffix('.json')}."
-                    )
-                results.append(collect_row(root, row, seed, time.perf_counter() - start))
-                results.sort(key=lambda r: (r["seed"], ROW_NAMES.index(r["row"])))
-                _save(out_path, results)
-        finally:
-            io.write_bytes(params_file, saved.read_bytes())
+    with params_restored(root):
+        plan = [(row, seed) for seed in seeds for row in selected if (row.name, seed) not in done]
+        for i, (row, seed) in enumerate(plan, 1):
+            log.info("ablation %d/%d: row %s, seed %d", i, len(plan), row.name, seed)
+            try:
+                seconds = run_experiment(root, experiment_name(row, seed), row_settings(row, seed))
+            except PspnetError as err:
+                raise PspnetError(f"ablation row {row.name!r} (seed {seed}): {err} The rows before it are in {out_path.with_suffix('.json')}.") from None
+            results.append(collect_row(root, row, seed, seconds))
+            results.sort(key=lambda r: (r["seed"], ROW_NAMES.index(r["row"])))
+            _save(out_path, results)
     return {"rows": len(results), "report": str(out_path.with_suffix(".md"))}

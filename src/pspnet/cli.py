@@ -99,6 +99,45 @@ _make_stage_command("evaluate", "Score the checkpoint on val: metrics/eval.json,
 _make_stage_command("register", "Log + register the model in MLflow; move the champion alias if it is better.")
 
 
+@app.command("import-data")
+def import_data_command(params: ParamsOption = Path(DEFAULT_PARAMS_FILE), root: RootOption = Path(".")) -> None:
+    """Bring data.source's raw data under DVC: `dvc import-url` into data/raw/<name> (a URL or a
+    folder outside data/raw), `dvc update` when already imported, `dvc add` inside data/raw."""
+    from pspnet.data.location import import_data
+
+    _configure_logging()
+    root = root.resolve()
+    try:
+        summary = import_data(load_params(params if params.is_absolute() else root / params), root)
+    except PspnetError as err:
+        typer.echo(f"pspnet import-data: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("experiment")
+def experiment_command(
+    preset: Annotated[str, typer.Argument(help="A preset in configs/ (e.g. camvid-cpu) or the path of one.")],
+    name: Annotated[Optional[str], typer.Option(help="Experiment name (default: <preset>-<UTC time>).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Report path without suffix (default: docs/results/<preset>).")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="KEY=VALUE over the preset, e.g. data.source.location=/data/CamVid.")
+    ] = None,
+    root: RootOption = Path("."),
+) -> None:
+    """Run a named parameter preset as one `dvc exp run` (data imported first) and write its
+    report: val mIoU, per-class IoU, the exact commands (see pspnet.experiment)."""
+    from pspnet.experiment import parse_overrides, run_preset
+
+    _configure_logging()
+    try:
+        summary = run_preset(root, preset, name=name, out=out, overrides=parse_overrides(set_ or []))
+    except PspnetError as err:
+        typer.echo(f"pspnet experiment: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    typer.echo(json.dumps(summary, indent=2))
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     """``"473"`` -> (473, 473); ``"512x1024"`` -> (512, 1024) (height x width)."""
     parts = text.lower().split("x")

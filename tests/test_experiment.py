@@ -1,0 +1,81 @@
+"""Presets (`pspnet experiment`): validated before anything runs, reported faithfully."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pspnet.errors import ConfigError
+from pspnet.experiment import flatten, load_preset, parse_overrides, render_report, unflatten
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copy2(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "configs").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_preset_is_valid(preset: str) -> None:
+    path, settings, params = load_preset(REPO_ROOT, preset)
+    assert path == REPO_ROOT / "configs" / f"{preset}.yaml" and settings
+    assert params.data.source.name == "camvid" and params.register_.model_name == "pspnet-camvid"
+
+
+def test_the_cpu_preset_is_the_documented_one() -> None:
+    _, settings, params = load_preset(REPO_ROOT, "camvid-cpu")
+    assert params.model.encoder == "resnet18" and params.model.output_stride == 8
+    assert params.train.class_weights == "median_frequency" and params.train.device == "auto"
+    assert settings["data.source.location"] == "../shared/datasets/camvid"
+
+
+def test_a_preset_is_merged_over_params_and_set_overrides_it(project: Path) -> None:
+    (project / "configs/mine.yaml").write_text(yaml.safe_dump({"train": {"epochs": 3, "lr": 0.02}}))
+    _, settings, params = load_preset(project, "mine", parse_overrides(["train.epochs=5", "evaluate.scales=[0.5, 1.0]"]))
+    assert settings == {"train.epochs": 5, "train.lr": 0.02, "evaluate.scales": [0.5, 1.0]}
+    assert params.train.epochs == 5 and params.train.lr == 0.02 and params.evaluate.scales == (0.5, 1.0)
+    assert params.train.batch_size == yaml.safe_load((project / "params.yaml").read_text())["train"]["batch_size"]
+
+
+def test_an_unknown_key_in_a_preset_names_the_preset_and_the_key(project: Path) -> None:
+    (project / "configs/typo.yaml").write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"(?s)configs/typo\.yaml .*train\.epoch: unknown key"):
+        load_preset(project, "typo")
+
+
+def test_an_unknown_preset_lists_the_known_ones(project: Path) -> None:
+    (project / "configs/camvid-cpu.yaml").write_text("train: {epochs: 1}\n")
+    with pytest.raises(ConfigError, match=r"no such preset\. Known presets in configs/: \['camvid-cpu'\]"):
+        load_preset(project, "camvid")
+
+
+@pytest.mark.parametrize("bad", ["train.epochs", "=3", "train.lr=[1,"])
+def test_malformed_set_options_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides([bad])
+
+
+def test_flatten_and_unflatten_round_trip() -> None:
+    nested = {"data": {"source": {"name": "camvid", "location": "x"}}, "train": {"crop_size": [1, 2]}}
+    assert unflatten(flatten(nested)) == nested
+
+
+def test_the_report_gives_the_metrics_per_class_iou_and_the_command() -> None:
+    report = {
+        "preset": "camvid-cpu", "experiment": "camvid-cpu-1", "date": "2026-11-25", "machine": "2 CPU cores",
+        "mlflow_run_id": "abc", "data_version": "d39", "miou": 0.5, "miou_absent_as_zero": 0.5, "macc": 0.6,
+        "allacc": 0.8, "epochs": 28, "train_seconds": 1620.0, "wall_seconds": 1800.0,
+        "per_class_iou": {"sky": 0.9, "pole": 0.1}, "settings": {"train.epochs": 28},
+        "command": "pspnet experiment camvid-cpu", "dvc_command": "dvc repro",
+    }  # fmt: skip
+    text = render_report(report)
+    assert text.startswith("# camvid-cpu: val mIoU 0.5000")
+    assert "| sky | 0.9000 |\n| pole | 0.1000 |" in text
+    assert "| 0.5000 | 0.5000 | 0.6000 | 0.8000 | 28 | 27.0 min | 30.0 min |" in text
+    assert "pspnet experiment camvid-cpu\n" in text and "train.epochs: 28" in text
