@@ -46,7 +46,7 @@ from pspnet.config import DEFAULT_PARAMS_FILE, Params, load_params, parse_params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import DATASET_FILE
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.registry.tracking import RUN_REF_FILE
+from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,6 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise PspnetError(f"{path}: cannot read the experiment's results ({err}).") from None
-
-
-#: Environment variable naming the preset run; the train stage tags its MLflow run with it.
-RUN_NAME_ENV = "PSPNET_RUN_NAME"
 
 
 def run_repro(root: Path, name: str) -> float:

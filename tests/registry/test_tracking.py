@@ -46,3 +46,30 @@ def test_run_ref_round_trip_and_clear_error(tmp_path: Path) -> None:
     assert tracking.RunRef.load(tmp_path / "run.json") == ref
     with pytest.raises(tracking.PspnetError, match="Run the `train` stage first"):
         tracking.RunRef.load(tmp_path / "missing.json")
+
+
+def test_runs_are_tagged_with_the_preset_run_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pspnet.registry.tracking import RUN_NAME_ENV, run_tags
+
+    monkeypatch.setenv(RUN_NAME_ENV, "camvid-cpu-20261125")
+    assert run_tags(tmp_path)["pspnet.run_name"] == "camvid-cpu-20261125"
+
+
+def test_dataset_tags_name_the_source_and_both_data_versions(tmp_path: Path) -> None:
+    import json
+
+    from pspnet.registry.tracking import dataset_tags
+
+    assert dataset_tags(tmp_path) == {}  # no record: no tags
+    record = {
+        "source": "camvid",
+        "version": "d391e68e",
+        "inputs": {"data.source.location": {"location": "../CamVid", "path": "data/raw/camvid", "dvc_version": "a33d.dir"}},
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(record))
+    assert dataset_tags(tmp_path) == {
+        "data.source": "camvid",
+        "data.version": "d391e68e",
+        "data.location": "../CamVid",
+        "data.location.dvc_md5": "a33d.dir",
+    }

@@ -91,6 +91,8 @@ def setup_mlflow(cfg: MlflowConfig, root: str | Path | None = None) -> str:
         ) from None
 
 
+#: Environment variable naming a preset run (set by ``pspnet experiment``); runs are tagged with it.
+RUN_NAME_ENV = "PSPNET_RUN_NAME"
 #: Where a stage records the MLflow run it logged to (under ``paths.models``).
 RUN_REF_FILE = "mlflow_run.json"
 
@@ -125,8 +127,8 @@ def run_tags(root: str | Path | None = None) -> dict[str, str]:
         pass
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get("PSPNET_RUN_NAME"):  # set by `pspnet experiment` (pspnet.experiment.RUN_NAME_ENV)
-        tags["pspnet.run_name"] = os.environ["PSPNET_RUN_NAME"]
+    if os.environ.get(RUN_NAME_ENV):
+        tags["pspnet.run_name"] = os.environ[RUN_NAME_ENV]
     return tags
 
 
