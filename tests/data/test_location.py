@@ -96,3 +96,10 @@ def test_data_copied_into_raw_is_tracked_with_dvc_add(tmp_path: Path) -> None:
     result = import_data(_params("data/raw/mine", name="folder"), root)["inputs"][0]
     assert result["action"] == "dvc add" and result["version"]
     assert (root / "data/raw/mine.dvc").is_file()
+
+
+def test_a_location_that_does_not_exist_is_named_before_dvc_runs(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "project")
+    with pytest.raises(DataError, match=r"data\.source\.location: .*/nowhere/CamVid does not exist\. Fix: set"):
+        import_data(_params(str(tmp_path / "nowhere/CamVid")), root)
+    assert not (root / "data/raw/camvid.dvc").exists()

@@ -178,6 +178,11 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
             action = "dvc import-url"
             item.path.parent.mkdir(parents=True, exist_ok=True)
             location = item.location if is_url(item.location) else str(_local_path(item.location, root))
+            if not is_url(location) and not Path(location).exists():
+                raise DataError(
+                    f"{item.field}: {location} does not exist. Fix: set {item.field} in params.yaml (or the "
+                    "preset, or `--set`) to the dataset's folder or URL."
+                )
             if item.dvc_file.exists():  # imported from elsewhere before: drop that import (it stays in the cache)
                 run_dvc(root, "remove", "--outs", str(item.dvc_file.relative_to(root)))
             elif item.path.exists():
