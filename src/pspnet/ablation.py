@@ -86,7 +86,6 @@ ROWS: tuple[Row, ...] = (
 ROW_NAMES = tuple(r.name for r in ROWS)
 
 
-
 def row_settings(row: Row, seed: int) -> dict[str, Any]:
     """Every studied key for ``row`` (baseline + the row's overrides) and the seed."""
     return {**BASELINE, **row.overrides, "train.seed": seed}
@@ -149,9 +148,10 @@ def _save(out: Path, results: list[dict[str, Any]]) -> None:
 
 
 def run_ablation(
-    root: Path, seeds: Sequence[int] = (0,), rows: Sequence[str] = ROW_NAMES, out: str = DEFAULT_OUT, resume: bool = False
+    root: Path, seeds: Sequence[int] = (0,), rows: Sequence[str] = ROW_NAMES, out: str | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Run the ``rows`` x ``seeds`` experiments one after the other; see the module docstring."""
+    out = out or DEFAULT_OUT
     root = Path(root).resolve()
     unknown = [r for r in rows if r not in ROW_NAMES]
     if unknown:

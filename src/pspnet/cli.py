@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -67,16 +68,27 @@ def _configure_logging() -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+@contextmanager
+def exits_on_error(command: str) -> Iterator[None]:
+    """Print an expected failure as one line (no traceback) and exit with its code."""
+    try:
+        yield
+    except PspnetError as err:
+        typer.echo(f"pspnet {command}: error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+
+
+def _params_path(params_file: Path, root: Path) -> Path:
+    """``--params`` as given when absolute, else relative to the project root."""
+    return params_file if params_file.is_absolute() else root / params_file
+
+
 def run_stage(name: str, params_file: Path, root: Path) -> dict[str, Any]:
     """Load params, run stage ``name`` in ``root`` and print its summary; exit non-zero on failure."""
     _configure_logging()
     root = root.resolve()
-    try:
-        params = load_params(params_file if params_file.is_absolute() else root / params_file)
-        summary = resolve_stage(name)(params, root)
-    except PspnetError as err:
-        typer.echo(f"pspnet {name}: error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
+    with exits_on_error(name):
+        summary = resolve_stage(name)(load_params(_params_path(params_file, root)), root)
     typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary
 
@@ -107,11 +119,8 @@ def import_data_command(params: ParamsOption = Path(DEFAULT_PARAMS_FILE), root: 
 
     _configure_logging()
     root = root.resolve()
-    try:
-        summary = import_data(load_params(params if params.is_absolute() else root / params), root)
-    except PspnetError as err:
-        typer.echo(f"pspnet import-data: error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
+    with exits_on_error("import-data"):
+        summary = import_data(load_params(_params_path(params, root)), root)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -130,11 +139,8 @@ def experiment_command(
     from pspnet.experiment import parse_overrides, run_preset
 
     _configure_logging()
-    try:
+    with exits_on_error("experiment"):
         summary = run_preset(root, preset, name=name, out=out, overrides=parse_overrides(set_ or []))
-    except PspnetError as err:
-        typer.echo(f"pspnet experiment: error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -172,8 +178,8 @@ def model_info_command(
 
     root = root.resolve()
     height_width = _parse_size(size)
-    try:
-        params_path = params if params.is_absolute() else root / params
+    with exits_on_error("model-info"):
+        params_path = _params_path(params, root)
         base = load_params(params_path) if params_path.is_file() else parse_params({}, "<defaults>")
         overrides = {"encoder": encoder, "stem": stem, "output_stride": output_stride}
         raw = base.model.model_dump() | {k: v for k, v in overrides.items() if v is not None}
@@ -186,9 +192,6 @@ def model_info_command(
         if classes < 1:
             raise ConfigError(f"--classes must be positive, got {classes}.")
         info = model_info(cfg, classes, height_width)
-    except PspnetError as err:
-        typer.echo(f"pspnet model-info: error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -202,7 +205,9 @@ def model_info_command(
 def ablation_command(
     seed: Annotated[list[int], typer.Option(help="Seed(s); each row runs once per seed.")] = [0],  # noqa: B006
     row: Annotated[Optional[list[str]], typer.Option(help="Rows to run (default: all of them).")] = None,
-    out: Annotated[str, typer.Option(help="Report path without suffix (.md and .json are written).")] = "docs/ablation",
+    out: Annotated[
+        Optional[str], typer.Option(help="Report path without suffix (.md and .json are written; default docs/ablation).")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Keep the rows already in the report; run the others.")] = False,
     root: RootOption = Path("."),
 ) -> None:
@@ -210,11 +215,8 @@ def ablation_command(
     from pspnet.ablation import ROW_NAMES, run_ablation
 
     _configure_logging()
-    try:
+    with exits_on_error("ablation"):
         summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume)
-    except PspnetError as err:
-        typer.echo(f"pspnet ablation: error: {err}", err=True)
-        raise typer.Exit(err.exit_code) from None
     typer.echo(json.dumps(summary, indent=2))
 
 

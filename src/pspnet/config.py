@@ -7,11 +7,19 @@ value names the file, the field and what would be accepted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pspnet.errors import ConfigError
 
@@ -123,6 +131,13 @@ class ValidateConfig(StrictModel):
 SHALLOW_RESNETS = ("resnet18", "resnet34")
 
 
+def resolve_stem(encoder: str, stem: str) -> str:
+    """``stem`` with ``auto`` resolved: ``standard`` for :data:`SHALLOW_RESNETS`, else ``deep``."""
+    if stem != "auto":
+        return stem
+    return "standard" if encoder in SHALLOW_RESNETS else "deep"
+
+
 class ModelConfig(StrictModel):
     """PSPNet: dilated ResNet encoder + pyramid pooling module + head (+ auxiliary head)."""
 
@@ -160,11 +175,9 @@ class ModelConfig(StrictModel):
     input_std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
 
     @property
-    def resolved_stem(self) -> Literal["deep", "standard"]:
+    def resolved_stem(self) -> str:
         """The stem ``auto`` stands for: deep for ResNet-50 and deeper, standard for 18/34."""
-        if self.stem != "auto":
-            return self.stem
-        return "standard" if self.encoder in SHALLOW_RESNETS else "deep"
+        return resolve_stem(self.encoder, self.stem)
 
 
 class TrainConfig(StrictModel):
@@ -307,17 +320,19 @@ class Params(StrictModel):
 
     def to_flat_dict(self) -> dict[str, Any]:
         """``{"train.lr": 0.01, ...}``: the form MLflow params and DVC ``-S`` use."""
-        flat: dict[str, Any] = {}
+        return flatten(self.model_dump(mode="json", by_alias=True))
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                flat[prefix] = list(value) if isinstance(value, tuple) else value
 
-        walk("", self.model_dump(mode="json", by_alias=True))
-        return flat
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.01}}`` -> ``{"train.lr": 0.01}`` (sequences stay values, as lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = list(value) if isinstance(value, tuple) else value
+    return flat
 
 
 def _accepted_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -42,9 +42,15 @@ from typing import Any
 import yaml
 
 from pspnet import io
-from pspnet.config import DEFAULT_PARAMS_FILE, Params, load_params, parse_params
+from pspnet.config import (
+    DEFAULT_PARAMS_FILE,
+    Params,
+    flatten,
+    load_params,
+    parse_params,
+)
 from pspnet.data.classes import CLASSES_FILE, ClassTable
-from pspnet.data.manifest import DATASET_FILE
+from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE
 
@@ -77,15 +83,20 @@ def exp_run_command(name: str, settings: Mapping[str, Any]) -> list[str]:
     return cmd
 
 
-def run_experiment(root: Path, name: str, settings: Mapping[str, Any]) -> float:
-    """Run one workspace experiment (output streams through); its wall time in seconds."""
-    command = exp_run_command(name, settings)
+def run_streamed(root: Path, command: Sequence[str], env: Mapping[str, str] | None = None) -> float:
+    """Run ``dvc ...`` (``command[0] == "dvc"``) in ``root`` with its output streaming through;
+    its wall time in seconds, or a :class:`PspnetError` naming the command and its exit code."""
     log.info("running: %s", shlex.join(command))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *command], cwd=root, env=os.environ.copy(), check=False)
+    proc = subprocess.run([sys.executable, "-m", *command], cwd=root, env={**os.environ, **(env or {})}, check=False)
     if proc.returncode != 0:
-        raise PspnetError(f"experiment {name!r} failed: `{shlex.join(command)}` exited with {proc.returncode}.")
+        raise PspnetError(f"`{shlex.join(command)}` exited with {proc.returncode}; its output above says why.")
     return time.perf_counter() - start
+
+
+def run_experiment(root: Path, name: str, settings: Mapping[str, Any]) -> float:
+    """Run one workspace experiment (``dvc exp run``); its wall time in seconds."""
+    return run_streamed(root, exp_run_command(name, settings))
 
 
 @contextmanager
@@ -118,14 +129,8 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def run_repro(root: Path, name: str) -> float:
-    """``dvc repro`` in ``root`` (output streams through); its wall time in seconds."""
-    log.info("running: dvc repro (run %s)", name)
-    start = time.perf_counter()
-    env = os.environ | {RUN_NAME_ENV: name}
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, check=False)
-    if proc.returncode != 0:
-        raise PspnetError(f"`dvc repro` exited with {proc.returncode}; its output above says which stage failed and why.")
-    return time.perf_counter() - start
+    """``dvc repro`` in ``root``, its MLflow runs tagged with ``name``; its wall time in seconds."""
+    return run_streamed(root, ["dvc", "repro"], {RUN_NAME_ENV: name})
 
 
 def workspace_results(root: Path) -> dict[str, Any]:
@@ -165,18 +170,6 @@ def preset_path(root: Path, preset: str) -> Path:
         known = sorted(p.stem for p in (root / PRESETS_DIR).glob(f"*{PRESET_SUFFIX}"))
         raise ConfigError(f"{path}: no such preset. Known presets in {PRESETS_DIR}/: {known}.")
     return path
-
-
-def flatten(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 0.01}}`` -> ``{"train.lr": 0.01}`` (lists stay values)."""
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -294,7 +287,7 @@ def run_preset(
         io.write_text(params_file, f"# {stem}: params.yaml + {path.relative_to(root)} (restored after the run)\n" + yaml.safe_dump(merged, sort_keys=False))
         seconds = run_repro(root, name)
         results = workspace_results(root)
-        dataset = read_json(root / params.paths.prepared / DATASET_FILE)
+        dataset = load_dataset_record(root / params.paths.prepared)
     report = {
         "preset": stem,
         "experiment": name,

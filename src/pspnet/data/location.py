@@ -81,12 +81,20 @@ def raw_inputs(params: Params, root: Path) -> list[RawInput]:
     return inputs
 
 
+def _dvc_yaml(dvc_file: Path) -> dict[str, Any]:
+    """The parsed ``.dvc`` file, or ``{}`` when it is missing or unreadable."""
+    try:
+        record = yaml.safe_load(dvc_file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _dvc_file_source(dvc_file: Path) -> str | None:
     """The location an import's ``.dvc`` file was imported from (absolute for local paths)."""
     try:
-        record = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
-        source = str(record["deps"][0]["path"])
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        source = str(_dvc_yaml(dvc_file)["deps"][0]["path"])
+    except (KeyError, IndexError, TypeError):
         return None
     return source if is_url(source) else str(_local_path(source, dvc_file.parent))
 
@@ -102,9 +110,8 @@ def _same_location(recorded: str | None, location: str, root: Path) -> bool:
 def raw_version(item: RawInput) -> str | None:
     """The md5 DVC recorded for the input's folder (its data version), if it is DVC-tracked."""
     try:
-        record = yaml.safe_load(item.dvc_file.read_text(encoding="utf-8")) or {}
-        return str(record["outs"][0]["md5"])
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return str(_dvc_yaml(item.dvc_file)["outs"][0]["md5"])
+    except (KeyError, IndexError, TypeError):
         return None
 
 

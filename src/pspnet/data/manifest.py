@@ -6,7 +6,9 @@ Columns: ``id`` (unique across the dataset), ``split`` (``train``/``val``/...), 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -38,6 +40,18 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: manifest lacks column(s) {sorted(missing)}; expected {list(COLUMNS)}. Re-run `prepare`.")
     return frame
+
+
+def load_dataset_record(prepared_dir: str | Path) -> dict[str, Any]:
+    """The prepared dataset's ``dataset.json`` (source, inputs, expectations, version), or ``{}``
+    when there is none (a dataset prepared before the record existed)."""
+    path = Path(prepared_dir) / DATASET_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(f"{path}: malformed ({err}). Re-run `prepare` to rewrite it.") from None
 
 
 def split_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:

@@ -28,17 +28,11 @@ TOP_CHANGES = 5
 DIGITS = 6
 
 
-def histogram(pixels_per_class: Sequence[int]) -> list[float]:
-    """Pixel counts per class -> shares summing to 1 (all zeros when nothing is labelled)."""
-    counts = np.asarray(pixels_per_class, dtype=np.float64)
-    total = counts.sum()
-    return [round(float(v), DIGITS) for v in (counts / total if total > 0 else counts)]
-
-
 def split_histograms(coverage: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """``{split: shares}`` from ``validate``'s class coverage (one entry per class, in id order)."""
-    splits = sorted({s for entry in coverage for s in entry["pixels_per_split"]})
-    return {s: histogram([entry["pixels_per_split"].get(s, 0) for entry in coverage]) for s in splits}
+    """``{split: shares}`` from ``validate``'s class coverage (one entry per class, in id order,
+    each with its ``pixel_share_per_split``)."""
+    splits = sorted({s for entry in coverage for s in entry["pixel_share_per_split"]})
+    return {s: [entry["pixel_share_per_split"].get(s, 0.0) for entry in coverage] for s in splits}
 
 
 def compare(reference: Sequence[float], current: Sequence[float], names: Sequence[str]) -> dict[str, Any]:

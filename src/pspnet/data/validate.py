@@ -40,7 +40,7 @@ import pandas as pd
 from pspnet import io
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
-from pspnet.data.manifest import DATASET_FILE
+from pspnet.data.manifest import load_dataset_record
 from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset
 from pspnet.data.shift import (
     load_history,
@@ -455,9 +455,9 @@ def error_message(
     At most ``limit`` of each are listed; the rest are counted ("... and N more").
     """
     lines = [
-        (f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
+        f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
         f"{len(dataset_failures)} failed dataset-level check(s) (sample file paths are relative to {prepared}). "
-        f"Report: {report}; Data Docs: {docs}")
+        f"Report: {report}; Data Docs: {docs}"
     ]
     if failures:
         lines.append("Failing samples:")
@@ -483,17 +483,6 @@ def _fail_early(report_dir: Path, prepared: str, err: DataError) -> NoReturn:
     shutil.rmtree(report_dir / DOCS_DIR, ignore_errors=True)
     io.write_json(report_dir / SUMMARY_FILE, {"success": False, "prepared": prepared, "error": str(err)})
     raise err
-
-
-def _dataset_record(prepared_dir: Path) -> dict[str, Any]:
-    """``dataset.json`` of the prepared dataset, or ``{}`` (no source expectations) if absent."""
-    path = prepared_dir / DATASET_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise DataError(f"{path}: malformed ({err}). Re-run `prepare` to rewrite it.") from None
 
 
 def _with_size_columns(profile: pd.DataFrame) -> pd.DataFrame:
@@ -535,7 +524,7 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
     except DataError as err:
         _fail_early(report_dir, params.paths.prepared, err)
 
-    dataset = _dataset_record(prepared_dir)
+    dataset = load_dataset_record(prepared_dir)
     expect = Expectations.from_json(dataset.get("expect", {}))
     profile = _with_size_columns(profile)
     coverage = class_coverage(profile, classes)

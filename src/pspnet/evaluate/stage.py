@@ -21,8 +21,8 @@ import pandas as pd
 from pspnet import io
 from pspnet.config import EvaluateConfig, Params
 from pspnet.data.classes import CLASSES_FILE, load_classes
-from pspnet.device import resolve_device
 from pspnet.data.manifest import MANIFEST_FILE
+from pspnet.device import resolve_device
 from pspnet.errors import DataError, PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
 from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
@@ -96,7 +96,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     """
     import mlflow
 
-    from pspnet.data.dataset import SegmentationDataset
+    from pspnet.data.dataset import SegmentationDataset, load_image
     from pspnet.data.transforms import eval_transform
     from pspnet.model.checkpoint import load_checkpoint
     started = time.perf_counter()
@@ -163,7 +163,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         for index in sorted(kept):
             target, pred = kept[index]
             sample_id = str(dataset.ids[index])
-            image, _ = dataset.load_raw(index)  # the whole-image eval transform keeps the size
+            image = load_image(dataset.image_paths[index])  # the whole-image eval transform keeps the size
             out = tmp_dir / f"{_safe_name(sample_id)}.png"
             if out.exists():  # two ids that sanitise to the same name
                 out = tmp_dir / f"{_safe_name(sample_id)}-{index}.png"

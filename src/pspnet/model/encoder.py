@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pspnet.config import SHALLOW_RESNETS
+from pspnet.config import resolve_stem
 from pspnet.errors import ConfigError, PspnetError
 
 #: Stem names: the official PSPNet's three 3x3 convs, or torchvision's single 7x7 conv.
@@ -75,8 +75,7 @@ class ResNetEncoder(nn.Module):
             raise ConfigError(f"model.encoder: unknown encoder {name!r}; accepted: {', '.join(ENCODER_CHANNELS)}.")
         if output_stride not in (8, 16, 32):
             raise ConfigError(f"model.output_stride: must be 8, 16 or 32, got {output_stride}.")
-        if stem == "auto":
-            stem = "standard" if name in SHALLOW_RESNETS else "deep"
+        stem = resolve_stem(name, stem)
         if stem not in STEMS:
             raise ConfigError(f"model.stem: unknown stem {stem!r}; accepted: {', '.join(STEMS)}.")
         if stem == "deep" and weights in _NAMED_WEIGHTS:

@@ -126,6 +126,9 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PSPNet:
     return PSPNet(encoder, ppm, head, aux_head)
 
 
-def count_parameters(module: nn.Module | None) -> int:
-    """Number of parameters (trainable or not) of ``module``; 0 for ``None``."""
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+def count_parameters(module: nn.Module | None, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (only those that require grad with ``trainable_only``);
+    0 for ``None``."""
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

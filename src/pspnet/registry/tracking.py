@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pspnet import io
 from pspnet.config import MlflowConfig
-from pspnet.data.manifest import DATASET_FILE
-from pspnet.errors import PspnetError
+from pspnet.data.manifest import load_dataset_record
+from pspnet.errors import DataError, PspnetError
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -102,8 +102,10 @@ def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:
     hash of every prepared file) and the raw data version DVC recorded (``dvc update`` changes
     it). Empty when the prepared dataset has no record."""
     try:
-        record = json.loads((Path(prepared_dir) / DATASET_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = load_dataset_record(prepared_dir)
+    except DataError:
+        return {}
+    if not record:
         return {}
     tags = {"data.source": str(record.get("source")), "data.version": str(record.get("version"))}
     for field, item in (record.get("inputs") or {}).items():

@@ -86,9 +86,12 @@ def ohem_select(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, o
         n_valid = int(valid.sum())
         n_hard = int((prob < ohem.thresh).sum())
         k = max(n_hard, min(ohem.min_kept, n_valid))
+        if k == n_hard:  # the hard pixels are exactly the k lowest: no sort needed
+            return prob < ohem.thresh
+        if k == n_valid:  # every labelled pixel
+            return valid
         keep = torch.zeros(prob.numel(), dtype=torch.bool, device=prob.device)
-        if k > 0:
-            keep[torch.topk(prob.flatten(), k, largest=False, sorted=False).indices] = True
+        keep[torch.topk(prob.flatten(), k, largest=False, sorted=False).indices] = True
     return keep.view_as(target)
 
 

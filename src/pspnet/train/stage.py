@@ -43,7 +43,7 @@ from pspnet.data.transforms import reseed, train_transform
 from pspnet.device import resolve_device
 from pspnet.errors import DataError
 from pspnet.model.checkpoint import save_checkpoint
-from pspnet.model.pspnet import build_model
+from pspnet.model.pspnet import build_model, count_parameters
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
 from pspnet.train.loop import EpochStats, train_one_epoch
 from pspnet.train.loss import Ohem, SegmentationCriterion, format_weights, resolve_class_weights
@@ -200,8 +200,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "train.steps_per_epoch": steps_per_epoch,
                 "train.device_used": str(device),
                 "train.amp_used": amp,
-                "model.num_parameters": sum(p.numel() for p in model.parameters()),
-                "model.trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "model.num_parameters": count_parameters(model),
+                "model.trainable_parameters": count_parameters(model, trainable_only=True),
                 "train.class_weights_used": "none" if weights is None else format_weights(weights.tolist()),
             }
         )
