@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pspnet.errors import ConfigError
-from pspnet.experiment import flatten, load_preset, parse_overrides, render_report, unflatten
+from pspnet.config import flatten
+from pspnet.experiment import load_preset, parse_overrides, render_report, unflatten
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

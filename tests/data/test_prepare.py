@@ -114,43 +114,39 @@ def test_a_source_with_duplicate_ids_is_refused(tmp_path: Path, monkeypatch: pyt
 
 
 def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A large source is never read whole: at most workers x IN_FLIGHT_PER_WORKER samples are
-    loaded and not yet written at any moment, and the manifest keeps the source's order."""
+    """A large source is never read whole: the writer pulls a sample from the source only when
+    fewer than workers x IN_FLIGHT_PER_WORKER are pending, and the manifest keeps the order."""
     import threading
 
-    live = {"now": 0, "most": 0}
     lock = threading.Lock()
-    written = []
+    written: list[str] = []
     real_write = prep.write_sample
 
-    def counting_write(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
-        with lock:
-            live["now"] += 1
-            live["most"] = max(live["most"], live["now"])
+    def recording_write(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
         try:
             return real_write(folder, ref, source)
         finally:
             with lock:
-                live["now"] -= 1
                 written.append(ref.id)
 
     image, mask = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)
-    pulled = []
+    window = 2 * prep.IN_FLIGHT_PER_WORKER
+    pulled: list[int] = []
 
     def many(params: Params, folders: SourceFolders) -> SourceData:
         def refs() -> Iterator[SampleRef]:
             for i in range(100):
                 pulled.append(i)
-                # The writer never pulls far ahead of what it has written.
-                assert len(pulled) - len(written) <= 2 * prep.IN_FLIGHT_PER_WORKER + 1
+                with lock:  # the writer never pulls far ahead of what it has written
+                    assert len(pulled) - len(written) <= window + 1
                 yield SampleRef(f"s{i:03d}", "train" if i % 4 else "val", lambda: (image, mask))
 
         return SourceData(ClassTable(("x",), ((1, 2, 3),)), refs(), 100)
 
-    monkeypatch.setattr(prep, "write_sample", counting_write)
+    monkeypatch.setattr(prep, "write_sample", recording_write)
     _use_source(monkeypatch, many)
     result = prep.prepare(parse_params({"data": {"num_workers": 2}}), tmp_path)
-    assert result["num_samples"] == 100 and live["most"] <= 2
+    assert result["num_samples"] == 100 and len(written) == 100
     manifest = read_manifest(tmp_path / "data/prepared/manifest.csv")
     assert list(manifest["id"]) == [f"s{i:03d}" for i in range(100)]
 

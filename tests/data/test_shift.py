@@ -6,19 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from pspnet.data.shift import compare, histogram, load_history, record_version, split_histograms, split_shift, version_shift
+from pspnet.data.shift import compare, load_history, record_version, split_histograms, split_shift, version_shift
 
 NAMES = ("road", "car", "sky")
 
 
-def test_histograms_are_pixel_shares_per_split() -> None:
+def test_histograms_are_the_class_shares_of_each_split() -> None:
     coverage = [
-        {"pixels_per_split": {"train": 60, "val": 10}},
-        {"pixels_per_split": {"train": 30, "val": 10}},
-        {"pixels_per_split": {"train": 10}},
+        {"pixel_share_per_split": {"train": 0.6, "val": 0.5}},
+        {"pixel_share_per_split": {"train": 0.3, "val": 0.5}},
+        {"pixel_share_per_split": {"train": 0.1}},  # a class absent from val
     ]
     assert split_histograms(coverage) == {"train": [0.6, 0.3, 0.1], "val": [0.5, 0.5, 0.0]}
-    assert histogram([0, 0, 0]) == [0.0, 0.0, 0.0]
 
 
 def test_identical_histograms_do_not_shift_and_disjoint_ones_shift_fully() -> None:

@@ -7,7 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integration.conftest import make_tiny_project, run
+
+pytestmark = pytest.mark.integration
 
 
 def test_ablation_rows_are_dvc_experiments_and_the_report_is_written(tmp_path: Path) -> None:

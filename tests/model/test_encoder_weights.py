@@ -90,10 +90,14 @@ def test_imagenet_weights_with_the_deep_stem_are_refused_before_any_download() -
         build_model(ModelConfig(encoder="resnet50", encoder_weights="imagenet"), 3)
 
 
-def test_imagenet_download_offline_fails_at_construction_with_a_clear_message(monkeypatch) -> None:
-    # HF_HUB_OFFLINE makes the hub client fail at once instead of retrying the network.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+def test_imagenet_download_offline_fails_at_construction_with_a_clear_message(monkeypatch, tmp_path) -> None:
+    # The hub client reads HF_HUB_OFFLINE / its cache path once, at import (earlier tests have
+    # imported it), so set its constants: it then fails at once, never retries the network, and
+    # never finds (or fills) the user's real cache.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     with pytest.raises(PspnetError) as err:
         build_model(ModelConfig(encoder="resnet18", encoder_weights="imagenet"), 3)
     message = str(err.value)

@@ -51,7 +51,8 @@ def _save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
         image.putpalette([v for color in palette_colors(256) for v in color])
     elif mode:
         image = image.convert(mode)
-    assert image.mode == (mode or image.mode)
+    if mode:
+        assert image.mode == mode
     image.save(path)
     return path
 
