@@ -282,19 +282,68 @@ class EvaluateConfig(StrictModel):
 
 
 class RegisterConfig(StrictModel):
+    """The promotion gate of the ``register`` stage (see :mod:`pspnet.registry.gate`)."""
+
     model_name: str = "pspnet"
+    #: Alias of the best model so far; only the gate moves it.
     champion_alias: str = "champion"
-    #: The metric of ``metrics/eval.json`` that decides promotion (higher is better).
-    metric: str = "miou"
-    #: A new version takes the champion alias only if its metric exceeds the champion's by
-    #: more than this (0: any strict improvement).
-    min_improvement: NonNegativeFloat = 0.0
+    #: Alias of the newest registered version, whatever the gate decided.
+    challenger_alias: str = "challenger"
+    #: The headline score compared: ``miou`` (classes absent from prediction and ground truth
+    #: skipped) or ``miou_absent_as_zero`` (the official code's mean over all classes).
+    metric: Literal["miou", "miou_absent_as_zero"] = "miou"
+    #: (a) The challenger's metric must beat the champion's by at least this much (absolute,
+    #: e.g. 0.005 = half a point of mIoU) ...
+    min_improvement: NonNegativeFloat = 0.005
+    #: ... and the one-sided lower confidence bound of the improvement, from a paired bootstrap
+    #: over validation images, must be above zero at this confidence.
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    #: Bootstrap resamples of the validation images.
+    bootstrap_samples: Annotated[int, Field(ge=100, le=100_000)] = 2000
+    bootstrap_seed: NonNegativeInt = 0
+    #: (b) No class may lose more than this IoU against the champion (absolute, 0..1).
+    max_class_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    #: The model card lists classes with a validation IoU below this as weak.
+    weak_class_iou: Annotated[float, Field(ge=0, le=1)] = 0.3
     #: (height, width) of the example batch (2 images) the exported graph is traced with; it is
     #: stored with the model, so keep it small. Batch, height and width stay dynamic.
     export_example_size: tuple[Annotated[int, Field(ge=16, le=1024)], Annotated[int, Field(ge=16, le=1024)]] = (64, 96)
     #: (height, width) of a probe image fed to the logged model after loading it back; the
     #: registration fails if the artefact rejects it (e.g. shapes frozen at export).
     probe_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] = (120, 160)
+
+    @model_validator(mode="after")
+    def _aliases_differ(self) -> RegisterConfig:
+        if self.champion_alias == self.challenger_alias:
+            raise ValueError(f"champion_alias and challenger_alias must differ (both {self.champion_alias!r})")
+        return self
+
+
+class ScheduleConfig(StrictModel):
+    """Scheduled retraining: the Prefect deployment served by ``make schedule``."""
+
+    deployment_name: str = "pspnet-retrain"
+    #: Full retraining run (``dvc update`` + ``dvc repro`` + promotion gate). Five fields
+    #: (minute resolution), or six with seconds first.
+    cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+    #: Seconds between new-data checks: a run that goes on only when the data source's hash
+    #: differs from the one in ``dvc.lock`` (0: no data watch).
+    data_check_interval: NonNegativeInt = 900
+    #: A trigger while a run is going: ``cancel_new`` skips it, ``enqueue`` waits for the
+    #: running one. Runs never interleave.
+    collision: Literal["cancel_new", "enqueue"] = "cancel_new"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
 
 
 class MlflowConfig(StrictModel):
@@ -315,6 +364,7 @@ class Params(StrictModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     mlflow: MlflowConfig = MlflowConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

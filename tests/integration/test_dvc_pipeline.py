@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from pspnet.model.checkpoint import load_checkpoint
+from pspnet.model.export import SegmentationModel
 from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration
@@ -51,19 +54,24 @@ def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> Non
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"checkpoint", "evaluation"} <= artifacts, artifacts
 
-    # The champion alias resolves and predicts on an image of a size never seen in training.
+    # The champion alias resolves (the first version is also the challenger) and maps an image
+    # of a size never seen in training to the checkpoint's own class map.
     mlflow.set_registry_uri(uri)
     mlflow.set_tracking_uri(uri)
     champion = client.get_model_version_by_alias("pspnet", "champion")
     assert str(champion.version) == "1"
-    model = mlflow.pytorch.load_model("models:/pspnet@champion")
-    image = torch.from_numpy(np.asarray(Image.new("RGB", (480, 360), (90, 120, 200)))).permute(2, 0, 1)
+    assert str(client.get_model_version_by_alias("pspnet", "challenger").version) == "1"
+    image = np.random.default_rng(0).integers(0, 256, (1, 91, 117, 3), dtype=np.uint8)
+    served = mlflow.pyfunc.load_model("models:/pspnet@champion").predict(image)
+    ckpt = load_checkpoint(project / "models" / "checkpoint.pt")
+    reference = SegmentationModel(ckpt.model, ckpt.model_cfg.input_mean, ckpt.model_cfg.input_std)
     with torch.inference_mode():
-        logits = model(image[None].float())
-    num_classes = len(json.loads((project / "data" / "prepared" / "classes.json").read_text())["classes"])
-    assert tuple(logits.shape) == (1, num_classes, 360, 480)
+        expected = reference(torch.from_numpy(image).permute(0, 3, 1, 2).float()).argmax(1).numpy()
+    assert served.shape == (1, 91, 117)
+    assert (served == expected).mean() > 0.999
     registry = json.loads((project / "reports" / "registry.json").read_text())
     assert registry["decision"] == "promoted"
+    assert (project / "reports" / "model_card.md").read_text().startswith("# pspnet v1")
 
     # Nothing changed: no stage runs, quickly.
     start = time.perf_counter()

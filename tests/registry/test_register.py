@@ -1,28 +1,35 @@
-"""``register``: log + register to a real SQLite MLflow store, promote only on improvement."""
+"""``register`` end to end on a real SQLite MLflow store: challenger alias, promotion gate
+against a champion scored on the same data, model card, re-scoring when the data changes."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
-import mlflow.pytorch
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from mlflow import MlflowClient
 
 from pspnet.config import Params, parse_params
-from pspnet.errors import ConfigError
-from pspnet.model.checkpoint import save_checkpoint
-from pspnet.model.pspnet import build_model
+from pspnet.data.manifest import DATASET_FILE
+from pspnet.errors import PspnetError
+from pspnet.evaluate.scores import ImageScores
+from pspnet.evaluate.stage import evaluate
+from pspnet.model.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.model.export import SegmentationModel
+from pspnet.model.pspnet import PSPNet, build_model
 from pspnet.registry import register as reg
 from pspnet.registry.tracking import RunRef, setup_mlflow
+from tests.train.tinydata import COLORS, NAMES, write_prepared
 
-CLASS_NAMES = ["background", "disc", "bar"]
-CLASS_COLORS = [[0, 0, 0], [220, 20, 60], [70, 130, 180]]
+#: Steps of head-only training that make a model clearly better than a random one on tinydata.
+HEAD_STEPS = 40
+HEAD_LR = 1e-2
 
 
 @pytest.fixture
@@ -30,102 +37,167 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Para
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     params = parse_params(
         {
-            "model": {"encoder": "resnet18", "head_channels": 8, "aux_channels": 8, "aux_weight": 0.4},
-            "register": {"export_example_size": [32, 48], "probe_size": [40, 56]},
+            "model": {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8},
+            "train": {"device": "cpu"},
+            "evaluate": {"batch_size": 12, "num_overlays": 0},
+            "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 500},
         }
     )
-    return tmp_path, params
+    root = tmp_path / "proj"
+    write_data(root, params, seed=0, version="data-v1")
+    return root, params
 
 
-def make_candidate(root: Path, params: Params, seed: int, miou: float) -> str:
-    """What train + evaluate leave behind: a checkpoint, an MLflow run + RunRef, eval.json."""
+def write_data(root: Path, params: Params, seed: int, version: str) -> None:
+    prepared = root / params.paths.prepared
+    write_prepared(prepared, n_train=8, n_val=12, seed=seed)
+    (prepared / DATASET_FILE).write_text(json.dumps({"source": "test", "version": version}))
+
+
+def head_trained(params: Params, root: Path, seed: int = 0) -> PSPNet:
+    """A random encoder with the PPM and head fitted on the train split: clearly better than chance."""
+    from pspnet.data.dataset import SegmentationDataset
+    from pspnet.data.transforms import eval_transform
+
     torch.manual_seed(seed)
-    model = build_model(params.model, len(CLASS_NAMES))
-    meta = {"class_names": CLASS_NAMES, "class_colors": CLASS_COLORS, "epoch": 1, "step": 1}
-    save_checkpoint(root / "models" / "checkpoint.pt", model, params.model, len(CLASS_NAMES), meta)
+    model = build_model(params.model, len(NAMES)).eval()
+    data = SegmentationDataset(root / params.paths.prepared, "train", eval_transform(params))
+    images = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))])
+    masks = torch.stack([torch.as_tensor(data[i][1]) for i in range(len(data))]).long()
+    with torch.no_grad():
+        _, c4 = model.encoder(images)
+    trained = [*model.ppm.parameters(), *model.head.parameters()]
+    optimizer = torch.optim.Adam(trained, HEAD_LR)
+    model.ppm.train()
+    model.head.train()
+    for _ in range(HEAD_STEPS):
+        logits = F.interpolate(model.head(model.ppm(c4)), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, masks, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def make_candidate(root: Path, params: Params, model: PSPNet, note: str) -> str:
+    """What train + evaluate leave behind: a checkpoint, an MLflow run + RunRef, eval.json, per_image.npz."""
+    meta = {"class_names": list(NAMES), "class_colors": [list(c) for c in COLORS], "note": note}
+    save_checkpoint(root / "models" / "checkpoint.pt", model, params.model, len(NAMES), meta)
     experiment_id = setup_mlflow(params.mlflow, root)
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_metric("val_miou", miou)
+        mlflow.set_tag("note", note)
     RunRef(run.info.run_id, experiment_id, mlflow.get_tracking_uri()).save(root / "models" / "mlflow_run.json")
+    history = {"epoch": [1], "step": [1], "loss": [1.0], "lr": [0.01], "seconds": [1.0]}
     (root / "metrics").mkdir(exist_ok=True)
-    (root / "metrics" / "eval.json").write_text(json.dumps({"miou": miou, "macc": 0.5}))
+    pd.DataFrame(history).to_csv(root / "metrics" / "train_history.csv", index=False)
+    evaluate(params, root)
     return run.info.run_id
 
 
-def test_first_is_champion_worse_rejected_better_promoted(project: tuple[Path, Params]) -> None:
+def aliases(client: MlflowClient) -> tuple[str, str]:
+    get = client.get_model_version_by_alias
+    return str(get("pspnet", "champion").version), str(get("pspnet", "challenger").version)
+
+
+def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(project: tuple[Path, Params]) -> None:
     root, params = project
     client = MlflowClient()
+    torch.manual_seed(0)
+    random_model = build_model(params.model, len(NAMES)).eval()
+    trained = head_trained(params, root)
 
-    run1 = make_candidate(root, params, seed=1, miou=0.50)
+    # 1. The first version is champion (and challenger).
+    make_candidate(root, params, random_model, "random")
     first = reg.register(params, root)
     assert (first["version"], first["decision"], first["champion_version"]) == ("1", "promoted", "1")
-    assert first["previous_champion_version"] is None
-    assert first["run_id"] == run1
+    assert aliases(client) == ("1", "1")
 
-    make_candidate(root, params, seed=2, miou=0.40)
+    # 2. A clearly better model is promoted; the champion's scores came from its cache.
+    run2 = make_candidate(root, params, trained, "trained")
     second = reg.register(params, root)
-    assert (second["version"], second["decision"], second["champion_version"]) == ("2", "rejected", "1")
-    assert second["previous_champion_version"] == "1" and second["previous_champion_metric"] == 0.50
-    assert str(client.get_model_version_by_alias("pspnet", "champion").version) == "1"
+    assert second["decision"] == "promoted", second["reason"]
+    assert second["previous_champion_version"] == "1" and second["previous_champion_scores"] == "cached"
+    assert second["gate"]["bootstrap"]["lower_bound"] > 0
+    assert second["metric_value"] > second["previous_champion_metric"] + params.register_.min_improvement
+    assert aliases(client) == ("2", "2")
 
-    run3 = make_candidate(root, params, seed=3, miou=0.60)
+    # 3. The same weights again (a new checkpoint file, so a new version): no gain, not promoted.
+    make_candidate(root, params, trained, "trained, again")
     third = reg.register(params, root)
-    assert (third["version"], third["decision"], third["champion_version"]) == ("3", "promoted", "3")
-    assert third["previous_champion_version"] == "1"
+    assert third["decision"] == "rejected" and "below the margin" in third["reason"]
+    assert third["gate"]["bootstrap"]["gain"] == pytest.approx(0.0, abs=1e-12)
+    assert aliases(client) == ("2", "3")  # the newest version is the challenger, the champion stays
 
-    # The report on disk is the last decision; the version tags hold every decision.
-    on_disk = json.loads((root / "reports" / "registry.json").read_text())
-    assert on_disk["decision"] == "promoted" and on_disk["version"] == "3" and on_disk["run_id"] == run3
-    assert on_disk["model_uri"] == "models:/pspnet/3" and on_disk["metric_value"] == 0.60
-    tags = {v: client.get_model_version("pspnet", v).tags for v in ("1", "2", "3")}
-    assert [tags[v]["decision"] for v in ("1", "2", "3")] == ["promoted", "rejected", "promoted"]
-    assert tags["2"]["previous_champion_version"] == "1" and float(tags["2"]["previous_champion_metric"]) == 0.5
-    assert float(tags["3"]["metric_value"]) == 0.6 and tags["3"]["metric_name"] == "miou"
-    assert "does not beat" in tags["2"]["decision_reason"]
-    assert json.loads(tags["3"]["class_names"]) == CLASS_NAMES
-    assert json.loads(tags["3"]["class_colors"]) == CLASS_COLORS
-
-    # A retry of the same registration reuses the version instead of logging another copy.
-    again = reg.register(params, root)
-    assert again["version"] == "3" and again["decision"] == "promoted"
-    assert len(client.search_model_versions("name = 'pspnet'")) == 3
-
-    # The champion serves any image size, not just the traced example's (nor the training size).
-    loaded = mlflow.pytorch.load_model("models:/pspnet@champion")
-    assert not any("aux" in k for k in loaded.state_dict())
-    x = torch.rand(1, 3, 360, 480) * 255
+    # 4. One class never predicted any more: rejected, and the card says which class broke.
+    broken = head_trained(params, root)
     with torch.no_grad():
-        y = loaded(x)
-    assert y.shape == (1, len(CLASS_NAMES), 360, 480)
-    assert torch.isfinite(y).all()
-    served = mlflow.pyfunc.load_model("models:/pspnet@champion").predict(np.zeros((2, 3, 50, 70), np.float32))
-    assert served.shape == (2, len(CLASS_NAMES), 50, 70)
-    info = mlflow.models.get_model_info("models:/pspnet@champion")
-    assert info.metadata["class_names"] == CLASS_NAMES
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, -1, -1]
+        broken.head[-1].bias[2] = -1e4
+    make_candidate(root, params, broken, "green never predicted")
+    fourth = reg.register(params, root)
+    assert fourth["decision"] == "rejected"
+    assert fourth["gate"]["worst_class"] == NAMES[2] and f"class '{NAMES[2]}' loses" in fourth["reason"]
+    assert aliases(client) == ("2", "4")
+    card = (root / "reports" / "model_card.md").read_text()
+    assert card.startswith("# pspnet v4") and "Gate decision: rejected" in card
+    assert f"- {NAMES[2]}: 0.0000" in card  # listed as a known weak class
+
+    # Decisions and numbers live on the versions too.
+    tags = client.get_model_version("pspnet", "4").tags
+    assert tags["decision"] == "rejected" and tags["previous_champion_version"] == "2"
+    assert tags["gate.worst_class"] == NAMES[2] and tags["data.version"] == "data-v1"
+    assert json.loads(tags["class_names"]) == list(NAMES)
+    assert client.get_model_version("pspnet", "2").description.startswith("# pspnet v2")
+    run_files = {a.path for a in client.list_artifacts(run2, "registry")}
+    assert {"registry/model_card.md", "registry/registry.json", "registry/scores"} <= run_files
+
+    # 5. New data: the same challenger is judged again, the champion re-scored on the new data
+    #    through its registered artefact, exactly as scoring its checkpoint would.
+    write_data(root, params, seed=7, version="data-v2")
+    evaluate(params, root)
+    fifth = reg.register(params, root)
+    assert fifth["version"] == "4" and fifth["data_version"] == "data-v2"
+    assert fifth["previous_champion_scores"] == "re-evaluated"
+    champion_v2 = ImageScores.load(root / "metrics" / "per_image.npz")  # v4's scores, for the ids
+    assert champion_v2.data_version == "data-v2"
+    save_checkpoint(root / "models" / "checkpoint.pt", trained, params.model, len(NAMES),
+                    {"class_names": list(NAMES), "class_colors": [list(c) for c in COLORS]})
+    evaluate(params, root)
+    direct = ImageScores.load(root / "metrics" / "per_image.npz")
+    assert fifth["previous_champion_metric"] == pytest.approx(direct.metric("miou"), abs=1e-3)
+
+    # ... and the re-scored champion is cached for the next decision on the same data.
+    make_candidate(root, params, broken, "green never predicted, data v2")
+    sixth = reg.register(params, root)
+    assert sixth["previous_champion_scores"] == "cached" and sixth["decision"] == "rejected"
+
+    # The champion serves any image size: its class map equals the checkpoint's.
+    image = np.random.default_rng(1).integers(0, 256, (2, 77, 131, 3), dtype=np.uint8)
+    served = mlflow.pyfunc.load_model("models:/pspnet@champion").predict(image)
+    with torch.inference_mode():
+        expected = SegmentationModel(trained, params.model.input_mean, params.model.input_std)(
+            torch.from_numpy(image).permute(0, 3, 1, 2).float()
+        ).argmax(1).numpy()
+    assert served.shape == (2, 77, 131) and served.dtype == np.int32
+    assert (served == expected).mean() > 0.999
 
 
-def test_missing_metric_is_a_config_error(project: tuple[Path, Params]) -> None:
-    root, _ = project
-    path = root / "eval.json"
-    path.write_text(json.dumps({"miou": 0.3, "macc": 0.5}))
-    with pytest.raises(ConfigError, match="available: macc, miou"):
-        reg.read_metric(path, "mIoU")
-    assert reg.read_metric(path, "miou") == 0.3
+def test_scores_of_stale_data_are_refused_before_anything_is_logged(project: tuple[Path, Params]) -> None:
+    root, params = project
+    torch.manual_seed(0)
+    make_candidate(root, params, build_model(params.model, len(NAMES)).eval(), "random")
+    write_data(root, params, seed=3, version="data-v2")  # new data, evaluate not re-run
+    with pytest.raises(PspnetError, match=r"data version 'data-v1'.*current data is 'data-v2'.*Re-run `evaluate`"):
+        reg.register(params, root)
+    assert MlflowClient().search_registered_models() == []
 
 
-@pytest.mark.parametrize(
-    ("value", "champion", "min_improvement", "expected"),
-    [
-        (0.1, None, 0.0, "promoted"),
-        (0.5, reg.Champion("1", 0.4), 0.0, "promoted"),
-        (0.4, reg.Champion("1", 0.4), 0.0, "rejected"),  # a tie does not beat
-        (0.45, reg.Champion("1", 0.4), 0.1, "rejected"),
-        (0.55, reg.Champion("1", 0.4), 0.1, "promoted"),
-        (0.9, reg.Champion("1", None), 0.0, "rejected"),  # champion cannot be compared
-        (math.nan, None, 0.0, "rejected"),
-    ],
-)
-def test_decision_rule(value: float, champion: reg.Champion | None, min_improvement: float, expected: str) -> None:
-    decision, reason = reg.decide(value, champion, min_improvement)
-    assert decision == expected, reason
+def test_a_retry_reuses_the_version(project: tuple[Path, Params]) -> None:
+    root, params = project
+    torch.manual_seed(0)
+    make_candidate(root, params, build_model(params.model, len(NAMES)).eval(), "random")
+    first = reg.register(params, root)
+    again = reg.register(params, root)
+    assert again["version"] == first["version"] == "1"
+    assert again["decision"] == "promoted" and "already the champion" in again["reason"]
+    assert len(MlflowClient().search_model_versions("name = 'pspnet'")) == 1
+    assert load_checkpoint(root / "models" / "checkpoint.pt").num_classes == len(NAMES)

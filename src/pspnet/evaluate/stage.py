@@ -1,7 +1,8 @@
 """The ``evaluate`` stage: score the trained checkpoint on the val split, plot, log to MLflow.
 
 Reads ``models/checkpoint.pt``, ``models/mlflow_run.json`` and the prepared dataset; writes
-``metrics/eval.json``, ``metrics/per_class_iou.csv``, ``plots/confusion_matrix.png``,
+``metrics/eval.json``, ``metrics/per_class_iou.csv``, ``metrics/per_image.npz`` (per-image
+intersection / union counts, for the promotion gate), ``plots/confusion_matrix.png``,
 ``plots/training_curve.png`` and ``plots/overlays/<id>.png``, then logs ``val_*`` metrics and
 those files (under ``evaluation/``) into the MLflow run that ``train`` opened, so one run holds
 a model's parameters, training curve and validation scores.
@@ -19,14 +20,14 @@ import numpy as np
 import pandas as pd
 
 from pspnet import io
-from pspnet.config import EvaluateConfig, Params
+from pspnet.config import EvaluateConfig, ModelConfig, Params
 from pspnet.data.classes import CLASSES_FILE, load_classes
-from pspnet.data.manifest import MANIFEST_FILE
+from pspnet.data.manifest import MANIFEST_FILE, load_dataset_record
 from pspnet.device import resolve_device
 from pspnet.errors import DataError, PspnetError
-from pspnet.evaluate.inference import make_loader, predict_loader
-from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
+from pspnet.evaluate.metrics import SegmentationMetrics
 from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay, plot_training_curve
+from pspnet.evaluate.scores import score_dataset
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, setup_mlflow
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_JSON = "eval.json"
 PER_CLASS_CSV = "per_class_iou.csv"
+#: Per-image intersection / union counts (:class:`~pspnet.evaluate.scores.ImageScores`), for the promotion gate.
+PER_IMAGE_NPZ = "per_image.npz"
+#: Data version recorded for prepared data that has no ``dataset.json`` (never trusted as a cache key).
+UNVERSIONED = ""
 #: MLflow tag naming the test-time settings of the run's (latest) validation scores.
 INFERENCE_TAG = "evaluate.inference"
 TRAIN_HISTORY_CSV = "train_history.csv"
@@ -59,6 +64,11 @@ def _write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[s
         frame.to_csv(tmp, index=False)
 
 
+def data_version(prepared: Path) -> str:
+    """The prepared data's content version (``dataset.json``), or :data:`UNVERSIONED`."""
+    return str(load_dataset_record(prepared).get("version") or UNVERSIONED)
+
+
 def inference_tag(cfg: EvaluateConfig) -> str:
     """The test-time settings that produced the scores, e.g. ``slide 96x128 flip scales=[0.75, 1.0]``."""
     parts = [cfg.mode if cfg.mode == "whole" else f"{cfg.mode} {cfg.crop_size[0]}x{cfg.crop_size[1]}"]
@@ -68,6 +78,19 @@ def inference_tag(cfg: EvaluateConfig) -> str:
     if cfg.base_size is not None:
         parts.append(f"base_size={cfg.base_size}")
     return " ".join(parts)
+
+
+def split_dataset(params: Params, root: Path, model_cfg: ModelConfig) -> Any:
+    """The scored split (:data:`SPLIT`) of the prepared data, normalised as ``model_cfg`` says
+    (the model's own training statistics, not necessarily today's params)."""
+    from pspnet.data.dataset import SegmentationDataset
+    from pspnet.data.transforms import eval_transform
+
+    prepared = Path(root) / params.paths.prepared
+    dataset = SegmentationDataset(prepared, SPLIT, eval_transform(params.model_copy(update={"model": model_cfg})))
+    if len(dataset) == 0:
+        raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
+    return dataset
 
 
 def _log_to_mlflow(
@@ -96,8 +119,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     """
     import mlflow
 
-    from pspnet.data.dataset import SegmentationDataset, load_image
-    from pspnet.data.transforms import eval_transform
+    from pspnet.data.dataset import load_image
     from pspnet.model.checkpoint import load_checkpoint
     started = time.perf_counter()
     root = Path(root)
@@ -134,19 +156,13 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     model = ckpt.model.to(device).eval()
 
     # Normalise exactly as the checkpoint's model was trained (its stored config), not as params say now.
-    dataset = SegmentationDataset(prepared, SPLIT, eval_transform(params.model_copy(update={"model": ckpt.model_cfg})))
-    if len(dataset) == 0:
-        raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
-    loader = make_loader(dataset, cfg.batch_size, params.train.num_workers, pin_memory=device.type == "cuda")
-
-    confusion = ConfusionMatrix(classes.num_classes, classes.ignore_index, device=device)
-    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for indices, preds, masks in predict_loader(model, loader, device, cfg, desc=f"evaluate {SPLIT}"):
-        confusion.update(preds, masks)
-        for row, index in enumerate(indices):
-            if index < cfg.num_overlays:
-                kept[index] = (masks[row].cpu().numpy(), preds[row].cpu().numpy())
-    result = confusion.compute()
+    dataset = split_dataset(params, root, ckpt.model_cfg)
+    context = {"data_version": data_version(prepared), "protocol": inference_tag(cfg)}
+    scored = score_dataset(
+        model, dataset, [str(i) for i in dataset.ids], classes.names, classes.ignore_index, cfg, device, context,
+        num_workers=params.train.num_workers, keep=lambda index: index < cfg.num_overlays, desc=f"evaluate {SPLIT}",
+    )
+    result, kept = scored.metrics, scored.kept
     if result.num_pixels == 0:
         raise DataError(f"every pixel of the '{SPLIT}' split is ignore ({classes.ignore_index}); nothing to score.")
 
@@ -155,6 +171,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     eval_json = {**summary, "num_images": len(dataset)}
     io.write_json(metrics_dir / EVAL_JSON, eval_json)
     _write_per_class_csv(metrics_dir / PER_CLASS_CSV, result, classes.names)
+    scored.images.save(metrics_dir / PER_IMAGE_NPZ)
     plot_confusion_matrix(result.matrix, classes.names, plots_dir / CONFUSION_PNG,
                           title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
     plot_training_curve(metrics_dir / TRAIN_HISTORY_CSV, plots_dir / TRAINING_CURVE_PNG)

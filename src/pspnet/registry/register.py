@@ -1,22 +1,27 @@
-"""The ``register`` stage: log the trained model to MLflow, register it, promote it if it wins.
+"""The ``register`` stage: log the trained model, register it as the challenger, promote it
+only if it passes the gate.
 
 Steps:
 
-1. read ``models/checkpoint.pt``, ``metrics/eval.json`` (the metric ``register.metric``) and the
-   run reference ``models/mlflow_run.json`` written by ``train``;
-2. reopen that run and log the model with ``mlflow.pytorch.log_model`` as a
-   :class:`~pspnet.model.export.SegmentationModel` (raw RGB in, logits out, no aux head).
-   MLflow 3 serialises it with ``torch.export`` ("pt2": a traced graph, loadable without
-   pickle); the signature declares batch, height and width free (``-1``) so the graph is
-   exported with dynamic shapes and accepts any image size. The logged model is loaded back
-   and fed a probe image of another size and batch before it is registered;
-3. register it as a new version of ``register.model_name`` with the class names / colours
-   as version tags (they are also in the model's ``MLmodel`` metadata);
-4. move the alias ``register.champion_alias`` to it only if its metric beats the champion's
-   recorded metric by more than ``register.min_improvement`` (the first version becomes
-   champion). The champion is re-read right before the alias is moved, and the decision is
-   made again if it changed meanwhile;
-5. record the decision as version tags and in ``reports/registry.json`` (atomic write).
+1. read ``models/checkpoint.pt``, the per-image validation scores ``metrics/per_image.npz``
+   and ``metrics/eval.json`` (written by ``evaluate``; they must be of the current prepared
+   data and ``evaluate`` protocol) and the run reference ``models/mlflow_run.json``;
+2. reopen that run and log the model (:mod:`pspnet.registry.packaging`: a pyfunc mapping RGB
+   images of any size to class maps, around a ``torch.export`` program). The logged model is
+   loaded back and must reproduce the checkpoint's class map on a probe image of another size
+   before it is registered;
+3. register it as a new version of ``register.model_name`` (class names / colours as version
+   tags) and point the alias ``register.challenger_alias`` at it;
+4. score the champion on the SAME validation images and protocol: its scores are cached in its
+   run (``registry/scores/<key>.npz``, the key naming data version and protocol); when the
+   data version or protocol changed it is re-evaluated (loaded from the registry like any
+   consumer would) and the new scores cached;
+5. the gate (:mod:`pspnet.registry.gate`: margin + paired bootstrap + per-class drop) decides;
+   the alias ``register.champion_alias`` moves only on promotion, after re-reading the
+   champion (if it moved meanwhile, the decision is made again against the new one);
+6. record the decision and its numbers as version tags, in ``reports/registry.json`` (atomic
+   write) and in the model card (``reports/model_card.md``, the run's
+   ``registry/model_card.md``, the version's description).
 
 Re-running after a crash (or a retry) does not log a second copy: a version that already holds
 this run's checkpoint (same run id and checkpoint SHA-256) is reused.
@@ -28,25 +33,29 @@ import hashlib
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pspnet import io
 from pspnet.config import Params
-from pspnet.errors import ConfigError, PspnetError
-from pspnet.registry.tracking import RUN_REF_FILE, RunRef, setup_mlflow
+from pspnet.errors import PspnetError
+from pspnet.evaluate.scores import ImageScores
+from pspnet.registry.gate import PROMOTED, REJECTED, GateResult, decide
+from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, setup_mlflow
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EVAL_METRICS_FILE = "eval.json"
 REPORT_FILE = "registry.json"
-#: Name of the model inside the run (MLflow 3 "logged model" name).
-LOGGED_MODEL_NAME = "model"
-
-PROMOTED = "promoted"
-REJECTED = "rejected"
+CARD_FILE = "model_card.md"
+#: Run artifact folder of this stage's files; scores are cached under ``<it>/scores``.
+ARTIFACT_DIR = "registry"
+SCORES_ARTIFACT_DIR = f"{ARTIFACT_DIR}/scores"
 
 # Version tags written by this stage.
 TAG_DECISION = "decision"
@@ -55,23 +64,40 @@ TAG_METRIC_NAME = "metric_name"
 TAG_METRIC_VALUE = "metric_value"
 TAG_PREV_VERSION = "previous_champion_version"
 TAG_PREV_METRIC = "previous_champion_metric"
+TAG_GAIN = "gate.gain"
+TAG_LOWER_BOUND = "gate.lower_bound"
+TAG_WORST_CLASS = "gate.worst_class"
+TAG_WORST_DROP = "gate.worst_class_drop"
+TAG_DATA_VERSION = "data.version"
+TAG_PROTOCOL = "evaluate.protocol"
 TAG_CHECKPOINT_SHA = "checkpoint_sha256"
 TAG_NUM_CLASSES = "num_classes"
 TAG_CLASS_NAMES = "class_names"
 TAG_CLASS_COLORS = "class_colors"
 
-#: MLflow caps tag values at 5000 characters (SQL store); longer class lists are cut.
+#: MLflow caps tag values at 5000 characters (SQL store); longer values are cut.
 _MAX_TAG_CHARS = 5000
+#: Model version descriptions are capped the same way; a longer card points to the artifact.
+_MAX_DESCRIPTION_CHARS = 5000
 #: How often the champion may change under our feet before we give up deciding.
 _MAX_DECISION_ATTEMPTS = 5
+#: Largest share of probe pixels whose class may differ between the logged model and the
+#: checkpoint (float rounding in the exported graph can flip near-ties, nothing more).
+_PROBE_MAX_MISMATCH = 0.001
+#: Digits of the SHA-256 that name a cached score file.
+_CACHE_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
 class Champion:
-    """The version currently holding the champion alias, with its recorded metric (if known)."""
+    """The version holding the champion alias."""
 
     version: str
-    metric: float | None
+    run_id: str | None
+
+
+class Incomparable(PspnetError):
+    """The champion cannot be scored on the current data (e.g. it predicts other classes)."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -82,8 +108,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_metric(path: Path, name: str) -> float:
-    """The metric ``name`` from ``metrics/eval.json`` (a JSON object of numbers)."""
+def read_eval_metrics(path: Path) -> dict[str, Any]:
+    """``metrics/eval.json`` (a JSON object), for the model card."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -92,63 +118,11 @@ def read_metric(path: Path, name: str) -> float:
         raise PspnetError(f"{path}: not valid JSON ({err}). Re-run `evaluate`.") from None
     if not isinstance(raw, dict):
         raise PspnetError(f"{path}: expected a JSON object of metrics, got {type(raw).__name__}.")
-    if name not in raw:
-        numeric = sorted(k for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-        raise ConfigError(
-            f"register.metric is {name!r} but {path} has no such metric; "
-            f"available: {', '.join(numeric) or '(none)'}. Fix register.metric in params.yaml."
-        )
-    value = raw[name]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PspnetError(f"{path}: metric {name!r} is not a number: {value!r}.")
-    return float(value)
+    return raw
 
 
-def decide(value: float, champion: Champion | None, min_improvement: float = 0.0) -> tuple[str, str]:
-    """Promotion rule: ``(decision, reason)``; higher metric is better.
-
-    - no champion yet: promoted;
-    - non-finite metric: rejected;
-    - champion with no recorded metric: rejected (it cannot be compared; move the alias by hand);
-    - otherwise promoted iff ``value > champion.metric + min_improvement``.
-    """
-    if not math.isfinite(value):
-        return REJECTED, f"metric is not a finite number ({value})"
-    if champion is None:
-        return PROMOTED, "first version: no champion yet"
-    if champion.metric is None:
-        return REJECTED, (
-            f"champion v{champion.version} has no recorded value of this metric, so it cannot be "
-            "compared; move the alias by hand if this version should win"
-        )
-    if not math.isfinite(champion.metric):
-        return PROMOTED, f"champion v{champion.version} has a non-finite metric ({champion.metric})"
-    threshold = champion.metric + min_improvement
-    if value > threshold:
-        return PROMOTED, f"{value:.6g} beats champion v{champion.version} ({champion.metric:.6g})" + (
-            f" by more than {min_improvement:g}" if min_improvement else ""
-        )
-    return REJECTED, f"{value:.6g} does not beat champion v{champion.version} ({champion.metric:.6g})" + (
-        f" by more than {min_improvement:g}" if min_improvement else ""
-    )
-
-
-def _as_float(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def get_champion(client: Any, model_name: str, alias: str, metric: str) -> Champion | None:
-    """The version behind ``alias`` and its recorded ``metric``; ``None`` if there is none.
-
-    The metric is read from the version's own tags (written by this stage); for a version
-    registered by other means, from its run's logged metric of the same name
-    (or ``val_<name>``, as ``evaluate`` logs it).
-    """
+def get_champion(client: Any, model_name: str, alias: str) -> Champion | None:
+    """The version behind ``alias``; ``None`` if there is none (or no such model yet)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -157,17 +131,94 @@ def get_champion(client: Any, model_name: str, alias: str, metric: str) -> Champ
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
-    value: float | None = None
-    if mv.tags.get(TAG_METRIC_NAME) == metric:
-        value = _as_float(mv.tags.get(TAG_METRIC_VALUE))
-    if value is None and mv.run_id:
+    return Champion(version=str(mv.version), run_id=mv.run_id or None)
+
+
+def cache_key(scores: ImageScores) -> str:
+    """Names a score file by what makes scores comparable: data version, protocol, images, classes."""
+    text = json.dumps([scores.data_version, scores.protocol, list(scores.ids), list(scores.class_names)])
+    return hashlib.sha256(text.encode()).hexdigest()[:_CACHE_KEY_CHARS]
+
+
+def cache_scores(client: Any, run_id: str, scores: ImageScores) -> None:
+    """Attach ``scores`` to run ``run_id`` so the next gate on the same data need not re-score."""
+    from mlflow.exceptions import MlflowException
+
+    if not scores.data_version:  # unversioned data cannot be recognised again
+        return
+    with tempfile.TemporaryDirectory(prefix="pspnet-scores-") as tmp:
+        path = Path(tmp) / f"{cache_key(scores)}.npz"
+        scores.save(path)
         try:
-            run_metrics = client.get_run(mv.run_id).data.metrics
-        except MlflowException:
-            run_metrics = {}
-        # ``evaluate`` logs its metrics to the run with a ``val_`` prefix.
-        value = run_metrics.get(metric, run_metrics.get(f"val_{metric}"))
-    return Champion(version=str(mv.version), metric=value)
+            client.log_artifact(run_id, str(path), SCORES_ARTIFACT_DIR)
+        except MlflowException as err:  # a cache: losing it costs time, not correctness
+            log.warning("could not cache scores in run %s: %s", run_id, err)
+
+
+def cached_scores(run_id: str | None, like: ImageScores) -> ImageScores | None:
+    """Scores cached in run ``run_id`` for the same data / protocol / images as ``like``, if any."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not run_id or not like.data_version:
+        return None
+    with tempfile.TemporaryDirectory(prefix="pspnet-scores-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{SCORES_ARTIFACT_DIR}/{cache_key(like)}.npz", dst_path=tmp
+            )
+        except (MlflowException, OSError):
+            return None
+        scores = ImageScores.load(Path(path))
+    same = (scores.ids, scores.class_names, scores.data_version, scores.protocol) == (
+        like.ids, like.class_names, like.data_version, like.protocol
+    )
+    return scores if same else None
+
+
+def score_champion(params: Params, root: Path, model_name: str, champion: Champion, like: ImageScores) -> ImageScores:
+    """Score the champion on the current val split under the current protocol (``like``'s)."""
+    from pspnet.device import resolve_device
+    from pspnet.evaluate.scores import score_dataset
+    from pspnet.evaluate.stage import split_dataset
+    from pspnet.registry.loading import load_segmenter
+
+    uri = f"models:/{model_name}/{champion.version}"
+    segmenter = load_segmenter(uri)
+    if segmenter.class_names != like.class_names:
+        raise Incomparable(
+            f"champion v{champion.version} predicts classes {list(segmenter.class_names)}, the current data has "
+            f"{list(like.class_names)}; it cannot be scored on this data. If the new class set is intended, "
+            f"move the alias by hand: MlflowClient().set_registered_model_alias({model_name!r}, "
+            f"{params.register_.champion_alias!r}, <version>)"
+        )
+    model_cfg = params.model.model_copy(update={"input_mean": segmenter.input_mean, "input_std": segmenter.input_std})
+    dataset = split_dataset(params, root, model_cfg)
+    ids = [str(i) for i in dataset.ids]
+    if tuple(ids) != like.ids:
+        raise PspnetError(
+            f"the val split has {len(ids)} images but metrics/per_image.npz covers {len(like.ids)} (or another "
+            "order); re-run `evaluate`."
+        )
+    device = resolve_device(params.train.device)
+    context = {"data_version": like.data_version, "protocol": like.protocol}
+    log.info("re-evaluating champion v%s on data version %s (%s)", champion.version, like.data_version, like.protocol)
+    scored = score_dataset(
+        segmenter.model.to(device), dataset, ids, like.class_names, params.data.ignore_index, params.evaluate,
+        device, context, num_workers=params.train.num_workers, desc=f"champion v{champion.version}",
+    )
+    return scored.images
+
+
+def champion_scores(params: Params, root: Path, client: Any, champion: Champion, like: ImageScores) -> tuple[ImageScores, str]:
+    """The champion's scores comparable with ``like``: ``(scores, "cached" | "re-evaluated")``."""
+    cached = cached_scores(champion.run_id, like)
+    if cached is not None:
+        return cached, "cached"
+    scores = score_champion(params, root, params.register_.model_name, champion, like)
+    if champion.run_id:
+        cache_scores(client, champion.run_id, scores)
+    return scores, "re-evaluated"
 
 
 def _find_existing_version(client: Any, model_name: str, run_id: str, checkpoint_sha: str) -> Any | None:
@@ -184,82 +235,36 @@ def _find_existing_version(client: Any, model_name: str, run_id: str, checkpoint
     return None
 
 
-def _probe(model_uri: str, size: tuple[int, int], num_classes: int) -> None:
-    """Load the logged model back as a pyfunc (the serving path, which loads the pt2 graph) and
-    check that it maps a batch of 1 at ``size`` (neither the example's batch nor its size) to
-    logits of the same size."""
+def _probe(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None:
+    """Load the logged model back as a pyfunc (the serving path) and check that it reproduces the
+    checkpoint's class map on a random image of ``size`` (neither the export example's size nor
+    its batch)."""
     import mlflow.pyfunc
-    import numpy as np
-
-    h, w = size
-    try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
-        y = loaded.predict(np.zeros((1, 3, h, w), dtype=np.float32))
-    except Exception as err:  # noqa: BLE001 - any failure means the artefact is unusable
-        raise PspnetError(
-            f"the logged model {model_uri} rejects a (1, 3, {h}, {w}) input: {type(err).__name__}: "
-            f"{str(err)[:500]}. Its input shapes were probably frozen at export."
-        ) from None
-    if tuple(np.shape(y)) != (1, num_classes, h, w):
-        raise PspnetError(
-            f"the logged model maps (1, 3, {h}, {w}) to {tuple(np.shape(y))}, expected (1, {num_classes}, {h}, {w})."
-        )
-
-
-def _pip_requirements() -> list[str]:
-    """Pinned requirements of the pt2 artefact (MLflow adds its own pin): loading needs only torch."""
     import torch
-    from packaging.version import Version
-
-    return [f"torch=={Version(torch.__version__).base_version}"]
-
-
-def _log_model(params: Params, ckpt: Any, run_id: str, checkpoint_sha: str) -> Any:
-    """Log the export wrapper to the run as a pt2 graph with dynamic batch/height/width."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     from pspnet.model.export import SegmentationModel
 
-    num_classes = int(ckpt.num_classes)
-    model_cfg = ckpt.model_cfg
-    wrapped = SegmentationModel(ckpt.model, model_cfg.input_mean, model_cfg.input_std).cpu()
-    signature = ModelSignature(
-        # Unnamed specs: a named one makes pyfunc pass a dict, which the pytorch flavour refuses.
-        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 3, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, num_classes, -1, -1))]),
-    )
-    h, w = params.register_.export_example_size
-    # Batch 2: torch.export specialises size-1 dimensions, which would freeze the batch size.
-    # Whole numbers keep the stored example JSON small.
-    example = np.random.default_rng(0).integers(0, 256, size=(2, 3, h, w)).astype(np.float32)
-    metadata = {
-        "class_names": list(ckpt.meta.get("class_names", [])),
-        "class_colors": [list(c) for c in ckpt.meta.get("class_colors", [])],
-        "num_classes": num_classes,
-        "input": "float32 RGB (N, 3, H, W), values 0..255, any N/H/W",
-        "output": "float32 logits (N, C, H, W) at input size; argmax(1) is the class map",
-        "encoder": model_cfg.encoder,
-        "output_stride": model_cfg.output_stride,
-        "checkpoint_sha256": checkpoint_sha,
-    }
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            wrapped,
-            name=LOGGED_MODEL_NAME,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
-            metadata=metadata,
-            serialization_format="pt2",
-            # MLflow's own check would load the model and run the example through it; _probe()
-            # does that once, at another size and batch, and fails the stage if it breaks.
-            validate_serving_input=False,
+    h, w = size
+    image = np.random.default_rng(0).integers(0, 256, size=(1, h, w, 3), dtype=np.uint8)
+    try:
+        served = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(image))
+    except Exception as err:  # noqa: BLE001 - any failure means the artefact is unusable
+        raise PspnetError(
+            f"the logged model {model_uri} rejects a (1, {h}, {w}, 3) image: {type(err).__name__}: "
+            f"{str(err)[:500]}. Its input shapes were probably frozen at export."
+        ) from None
+    if served.shape != (1, h, w):
+        raise PspnetError(f"the logged model maps a (1, {h}, {w}, 3) image to {served.shape}, expected (1, {h}, {w}).")
+    cfg = ckpt.model_cfg
+    reference = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std)
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(image).permute(0, 3, 1, 2).float()).argmax(1).numpy()
+    mismatch = float((served != expected).mean())
+    if mismatch > _PROBE_MAX_MISMATCH:
+        raise PspnetError(
+            f"the logged model {model_uri} disagrees with the checkpoint on {mismatch:.2%} of a probe image's "
+            "pixels; the export is broken. Report this with the model's encoder and torch version."
         )
-    return info
 
 
 def _class_tags(ckpt: Any) -> dict[str, str]:
@@ -272,41 +277,107 @@ def _class_tags(ckpt: Any) -> dict[str, str]:
     }
 
 
-def _decide_and_promote(
-    client: Any, model_name: str, alias: str, metric: str, version: str, value: float, min_improvement: float
-) -> tuple[str, str, Champion | None]:
-    """Decide against the current champion; move the alias if promoted. Returns (decision, reason, before)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What the gate loop settled on: the decision, the champion it was judged against and how
+    that champion's scores were obtained (``cached`` / ``re-evaluated``; None without champion)."""
+
+    gate: GateResult
+    before: Champion | None
+    champion_scores: ImageScores | None
+    scores_source: str | None
+
+
+def _already_champion(scores: ImageScores, cfg: Any, alias: str) -> GateResult:
+    value = scores.metric(cfg.metric)
+    return GateResult(PROMOTED, f"already the {alias}", cfg.metric, value, value)
+
+
+def _decide_and_promote(params: Params, root: Path, client: Any, version: str, scores: ImageScores) -> Outcome:
+    """Judge ``version`` against the current champion; move the alias if it wins.
+
+    The champion is re-read right before the alias moves; if another registration moved it
+    meanwhile, the decision is made again against the new champion.
+    """
+    cfg = params.register_
     for _ in range(_MAX_DECISION_ATTEMPTS):
-        before = get_champion(client, model_name, alias, metric)
+        before = get_champion(client, cfg.model_name, cfg.champion_alias)
         if before is not None and before.version == version:
-            return PROMOTED, f"already the champion ({alias})", before
-        decision, reason = decide(value, before, min_improvement)
-        if decision != PROMOTED:
-            return decision, reason, before
-        # Re-read right before moving the alias: another registration may have won meanwhile.
-        again = get_champion(client, model_name, alias, metric)
+            return Outcome(_already_champion(scores, cfg, cfg.champion_alias), before, scores, "cached")
+        champ_scores, source = None, None
+        if before is not None:
+            try:
+                champ_scores, source = champion_scores(params, root, client, before, scores)
+            except Incomparable as err:
+                gate = GateResult(REJECTED, str(err), cfg.metric, scores.metric(cfg.metric))
+                return Outcome(gate, before, None, None)
+        gate = decide(scores, champ_scores, cfg, before.version if before else "")
+        if gate.decision != PROMOTED:
+            return Outcome(gate, before, champ_scores, source)
+        again = get_champion(client, cfg.model_name, cfg.champion_alias)
         if again != before:
             log.info("champion changed from %s to %s while deciding; deciding again", before, again)
             continue
-        client.set_registered_model_alias(model_name, alias, version)
-        return decision, reason, before
+        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, version)
+        return Outcome(gate, before, champ_scores, source)
     raise PspnetError(
-        f"the {alias!r} alias of {model_name!r} kept changing while deciding ({_MAX_DECISION_ATTEMPTS} attempts); "
-        "another registration is running. Re-run `register`."
+        f"the {cfg.champion_alias!r} alias of {cfg.model_name!r} kept changing while deciding "
+        f"({_MAX_DECISION_ATTEMPTS} attempts); another registration is running. Re-run `register`."
     )
 
 
-def register(params: Params, root: Path) -> dict:
-    """Log, register and (maybe) promote the trained model; write ``reports/registry.json``.
+def load_current_scores(params: Params, root: Path, ckpt: Any) -> ImageScores:
+    """``metrics/per_image.npz``, checked to be of the current data, protocol and classes."""
+    from pspnet.evaluate.stage import PER_IMAGE_NPZ, data_version, inference_tag
 
-    Returns the report: model name, version, run id, model URIs, decision and reason, metric
-    values, and the champion version after the decision.
+    path = root / params.paths.metrics / PER_IMAGE_NPZ
+    scores = ImageScores.load(path)
+    version, protocol = data_version(root / params.paths.prepared), inference_tag(params.evaluate)
+    if (scores.data_version, scores.protocol) != (version, protocol):
+        raise PspnetError(
+            f"{path} scores data version {scores.data_version!r} under {scores.protocol!r}, but the current data is "
+            f"{version!r} and evaluate asks for {protocol!r}. Re-run `evaluate` (dvc repro does)."
+        )
+    names = tuple(ckpt.meta.get("class_names") or scores.class_names)
+    if names != scores.class_names:
+        raise PspnetError(f"{path} scores classes {list(scores.class_names)} but the checkpoint predicts {list(names)}. Re-run `evaluate`.")
+    return scores
+
+
+def _gate_tags(outcome: Outcome, scores: ImageScores) -> dict[str, str]:
+    gate = outcome.gate
+    boot = gate.bootstrap
+    values = {
+        TAG_DECISION: gate.decision,
+        TAG_REASON: gate.reason,
+        TAG_METRIC_NAME: gate.metric,
+        TAG_METRIC_VALUE: repr(gate.challenger_metric),
+        TAG_PREV_VERSION: outcome.before.version if outcome.before else "",
+        TAG_PREV_METRIC: repr(gate.champion_metric) if gate.champion_metric is not None else "",
+        TAG_GAIN: repr(boot.gain) if boot else "",
+        TAG_LOWER_BOUND: repr(boot.lower_bound) if boot else "",
+        TAG_WORST_CLASS: gate.worst_class or "",
+        TAG_WORST_DROP: repr(gate.worst_drop) if gate.worst_drop is not None else "",
+        TAG_DATA_VERSION: scores.data_version,
+        TAG_PROTOCOL: scores.protocol,
+    }
+    return {k: v[:_MAX_TAG_CHARS] for k, v in values.items()}
+
+
+def register(params: Params, root: Path) -> dict:
+    """Log and register the trained model as the challenger; promote it if it passes the gate.
+
+    Writes ``reports/registry.json`` and ``reports/model_card.md`` and returns the report:
+    model name, version, run id, URIs, decision, reason, the gate's numbers, the champion
+    before and after.
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pspnet.model.checkpoint import load_checkpoint
+    from pspnet.registry.card import model_card
+    from pspnet.registry.packaging import log_segmentation_model
 
     root = Path(root)
     cfg = params.register_
@@ -314,9 +385,10 @@ def register(params: Params, root: Path) -> dict:
     ckpt_path = models_dir / CHECKPOINT_FILE
     if not ckpt_path.is_file():
         raise PspnetError(f"{ckpt_path}: no checkpoint. Run the `train` stage first.")
-    value = read_metric(root / params.paths.metrics / EVAL_METRICS_FILE, cfg.metric)
-    run_ref = RunRef.load(models_dir / RUN_REF_FILE)
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    scores = load_current_scores(params, root, ckpt)
+    eval_metrics = read_eval_metrics(root / params.paths.metrics / EVAL_METRICS_FILE)
+    run_ref = RunRef.load(models_dir / RUN_REF_FILE)
     checkpoint_sha = sha256_file(ckpt_path)
 
     setup_mlflow(params.mlflow, root)
@@ -334,32 +406,36 @@ def register(params: Params, root: Path) -> dict:
         log.info("reusing version %s of %s (same run and checkpoint)", mv.version, cfg.model_name)
         logged_model_uri = mv.source
     else:
-        info = _log_model(params, ckpt, run_ref.run_id, checkpoint_sha)
+        info = log_segmentation_model(ckpt, run_ref.run_id, checkpoint_sha, cfg.export_example_size)
         logged_model_uri = info.model_uri
-        _probe(logged_model_uri, cfg.probe_size, int(ckpt.num_classes))
+        _probe(logged_model_uri, ckpt, cfg.probe_size)
         tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, **_class_tags(ckpt)}
         # Creates the registered model on first use (and tolerates a concurrent creation).
         mv = mlflow.register_model(logged_model_uri, cfg.model_name, tags=tags)
     version = str(mv.version)
+    client.set_registered_model_alias(cfg.model_name, cfg.challenger_alias, version)
+    cache_scores(client, run_ref.run_id, scores)
 
-    decision, reason, before = _decide_and_promote(
-        client, cfg.model_name, cfg.champion_alias, cfg.metric, version, value, cfg.min_improvement
-    )
-    decision_tags = {
-        TAG_DECISION: decision,
-        TAG_REASON: reason[:_MAX_TAG_CHARS],
-        TAG_METRIC_NAME: cfg.metric,
-        TAG_METRIC_VALUE: repr(value),
-        TAG_PREV_VERSION: before.version if before else "",
-        TAG_PREV_METRIC: repr(before.metric) if before and before.metric is not None else "",
-    }
-    for key, val in decision_tags.items():
+    outcome = _decide_and_promote(params, root, client, version, scores)
+    gate = outcome.gate
+    for key, val in _gate_tags(outcome, scores).items():
         client.set_model_version_tag(cfg.model_name, version, key, val)
-
-    after = get_champion(client, cfg.model_name, cfg.champion_alias, cfg.metric)
-    if decision == PROMOTED and (after is None or after.version != version):
+    after = get_champion(client, cfg.model_name, cfg.champion_alias)
+    if gate.decision == PROMOTED and (after is None or after.version != version):
         log.warning("version %s was promoted but %s now points at %s (a concurrent registration)",
                     version, cfg.champion_alias, after.version if after else None)
+
+    data = dataset_tags(root / params.paths.prepared)
+    card = model_card(
+        model_name=cfg.model_name, version=version, run_id=run_ref.run_id,
+        params=params.model_copy(update={"model": ckpt.model_cfg}), data=data, metrics=eval_metrics,
+        scores=scores, champion_scores=outcome.champion_scores, gate=gate,
+        champion_version=outcome.before.version if outcome.before else None,
+    )
+    description = card if len(card) <= _MAX_DESCRIPTION_CHARS else (
+        card[: _MAX_DESCRIPTION_CHARS - 200] + f"\n\n(cut: the whole card is the run artifact {ARTIFACT_DIR}/{CARD_FILE})\n"
+    )
+    client.update_model_version(cfg.model_name, version, description=description)
 
     report = {
         "model_name": cfg.model_name,
@@ -367,24 +443,55 @@ def register(params: Params, root: Path) -> dict:
         "run_id": run_ref.run_id,
         "model_uri": f"models:/{cfg.model_name}/{version}",
         "logged_model_uri": logged_model_uri,
+        "challenger_alias": cfg.challenger_alias,
         "champion_alias": cfg.champion_alias,
         "champion_uri": f"models:/{cfg.model_name}@{cfg.champion_alias}",
-        "decision": decision,
-        "reason": reason,
+        "decision": gate.decision,
+        "reason": gate.reason,
         "metric": cfg.metric,
-        "metric_value": value,
-        "min_improvement": cfg.min_improvement,
-        "previous_champion_version": before.version if before else None,
-        "previous_champion_metric": before.metric if before else None,
+        "metric_value": gate.challenger_metric,
+        "gate": {
+            "min_improvement": cfg.min_improvement,
+            "confidence": cfg.confidence,
+            "bootstrap_samples": cfg.bootstrap_samples,
+            "max_class_drop": cfg.max_class_drop,
+            **{k: v for k, v in gate.to_dict().items() if k not in ("decision", "reason", "metric")},
+        },
+        "data_version": scores.data_version,
+        "protocol": scores.protocol,
+        "num_val_images": len(scores.ids),
+        "previous_champion_version": outcome.before.version if outcome.before else None,
+        "previous_champion_metric": gate.champion_metric,
+        "previous_champion_scores": outcome.scores_source,
         "champion_version": after.version if after else None,
-        "champion_metric": after.metric if after else None,
         "checkpoint_sha256": checkpoint_sha,
         "num_classes": int(ckpt.num_classes),
         "class_names": list(ckpt.meta.get("class_names", [])),
     }
-    try:
-        client.log_dict(run_ref.run_id, report, "registry/registry.json")
-    except MlflowException as err:  # the report on disk is what counts; the run copy is a convenience
-        log.warning("could not attach registry.json to run %s: %s", run_ref.run_id, err)
-    io.write_json(root / params.paths.reports / REPORT_FILE, report)
+    report = _json_safe(report)
+    for name, payload in ((REPORT_FILE, report), (CARD_FILE, card)):
+        try:
+            if isinstance(payload, str):
+                client.log_text(run_ref.run_id, payload, f"{ARTIFACT_DIR}/{name}")
+            else:
+                client.log_dict(run_ref.run_id, payload, f"{ARTIFACT_DIR}/{name}")
+        except MlflowException as err:  # the files on disk are what counts; the run copies are a convenience
+            log.warning("could not attach %s to run %s: %s", name, run_ref.run_id, err)
+    reports = root / params.paths.reports
+    io.write_json(reports / REPORT_FILE, report)
+    io.write_text(reports / CARD_FILE, card)
+    log.info("register: v%s %s: %s", version, gate.decision, gate.reason)
     return report
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars made plain and NaN / inf made None (JSON has no such numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

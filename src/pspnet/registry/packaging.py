@@ -1,0 +1,113 @@
+"""Package a trained checkpoint as the registered MLflow model (the writer side).
+
+What gets logged (``mlflow.pyfunc.log_model``, "models from code"):
+
+- the code: :mod:`pspnet.registry.serving_model` (a pyfunc that maps RGB images to class
+  maps; it imports only numpy, torch and mlflow);
+- ``network``: :class:`~pspnet.model.export.SegmentationModel` (raw RGB in, logits out, no aux
+  head) exported with ``torch.export`` with dynamic batch, height and width, so one artefact
+  takes any image size;
+- ``classes``: the class names and colours;
+- a signature (uint8 ``(-1, -1, -1, 3)`` in, int32 ``(-1, -1, -1)`` out), pinned requirements
+  (torch; MLflow adds its own), and metadata (classes, normalisation, encoder, checkpoint hash)
+  that :mod:`pspnet.registry.loading` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pspnet.errors import PspnetError
+from pspnet.model.checkpoint import LoadedCheckpoint
+from pspnet.registry import serving_model
+
+#: The models-from-code file MLflow copies into every version.
+SERVING_MODEL_FILE = Path(serving_model.__file__)
+#: Name of the model inside the run (MLflow 3 "logged model" name).
+LOGGED_MODEL_NAME = "model"
+#: Batch of the example the network is traced with: torch.export specialises a size-1
+#: dimension, which would freeze the batch size.
+EXPORT_BATCH = 2
+#: Side (pixels) of the tiny request stored as the model's input example.
+EXAMPLE_SIDE = 16
+#: Metadata key telling the loader which artefact layout this version uses.
+FORMAT_KEY = "pspnet_format"
+FORMAT = "pyfunc-pt2-v1"
+
+
+def export_network(ckpt: LoadedCheckpoint, example_size: tuple[int, int], path: Path) -> None:
+    """Write ``ckpt``'s network, wrapped to take raw RGB, as a ``torch.export`` program."""
+    from pspnet.model.export import SegmentationModel
+
+    cfg = ckpt.model_cfg
+    wrapped = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std).cpu()
+    h, w = example_size
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(0, serving_model.MAX_PIXEL_VALUE + 1, (EXPORT_BATCH, 3, h, w), generator=generator).float()
+    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    try:
+        program = torch.export.export(wrapped, (example,), dynamic_shapes=(dynamic,))
+    except Exception as err:  # noqa: BLE001 - torch.export raises many types; all mean "not exportable"
+        raise PspnetError(f"torch.export could not trace the model at {h}x{w}: {type(err).__name__}: {err}") from err
+    torch.export.save(program, str(path))
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the artefact (MLflow adds its own pin): loading needs torch and numpy."""
+    from packaging.version import Version
+
+    return [f"torch=={Version(torch.__version__).base_version}", f"numpy=={np.__version__}"]
+
+
+def model_metadata(ckpt: LoadedCheckpoint, checkpoint_sha: str) -> dict[str, Any]:
+    cfg = ckpt.model_cfg
+    return {
+        FORMAT_KEY: FORMAT,
+        "class_names": list(ckpt.meta.get("class_names", [])),
+        "class_colors": [list(c) for c in ckpt.meta.get("class_colors", [])],
+        "num_classes": int(ckpt.num_classes),
+        "input_mean": list(cfg.input_mean),
+        "input_std": list(cfg.input_std),
+        "input": "uint8 RGB (N, H, W, 3), any N/H/W",
+        "output": "int32 class ids (N, H, W)",
+        "encoder": cfg.encoder,
+        "output_stride": cfg.output_stride,
+        "checkpoint_sha256": checkpoint_sha,
+    }
+
+
+def log_segmentation_model(ckpt: LoadedCheckpoint, run_id: str, checkpoint_sha: str, example_size: tuple[int, int]) -> Any:
+    """Log ``ckpt`` into MLflow run ``run_id`` as the pyfunc described above; returns MLflow's ModelInfo."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    names = list(ckpt.meta.get("class_names", [])) or [str(i) for i in range(int(ckpt.num_classes))]
+    colors = [list(c) for c in ckpt.meta.get("class_colors", [])]
+    signature = ModelSignature(
+        # Unnamed tensor specs: the request is {"inputs": <nested list>}, the reply {"predictions": ...}.
+        inputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype("int32"), (-1, -1, -1))]),
+    )
+    example = np.zeros((1, EXAMPLE_SIDE, EXAMPLE_SIDE, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="pspnet-package-") as tmp:
+        network = Path(tmp) / "network.pt2"
+        classes = Path(tmp) / "classes.json"
+        export_network(ckpt, example_size, network)
+        classes.write_text(json.dumps({"names": names, "colors": colors}), encoding="utf-8")
+        with mlflow.start_run(run_id=run_id):
+            return mlflow.pyfunc.log_model(
+                name=LOGGED_MODEL_NAME,
+                python_model=str(SERVING_MODEL_FILE),
+                artifacts={serving_model.NETWORK_ARTIFACT: str(network), serving_model.CLASSES_ARTIFACT: str(classes)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                metadata=model_metadata(ckpt, checkpoint_sha),
+            )

@@ -1,0 +1,86 @@
+"""The registered model's code: an MLflow pyfunc that turns RGB images into class maps.
+
+This file is logged as MLflow "models from code": MLflow copies it into every registered
+version and runs it when the model is loaded (``mlflow.pyfunc.load_model``, ``mlflow models
+serve``). It therefore imports only numpy, torch and mlflow, never ``pspnet``: a serving
+machine needs no copy of this project.
+
+The model's artifacts:
+
+- ``network``: the network as a ``torch.export`` program (``.pt2``; no pickle of our
+  classes) taking float32 RGB ``(N, 3, H, W)`` in ``0..255`` and returning logits
+  ``(N, C, H, W)``; batch, height and width are dynamic, so any image size works;
+- ``classes``: JSON ``{"names": [...], "colors": [[r, g, b], ...]}``.
+
+Request and response (``POST /invocations`` of ``mlflow models serve``)::
+
+    {"inputs": [[[[r, g, b], ...], ...]]}      # uint8 RGB, (N, H, W, 3); one image: N = 1
+    -> {"predictions": [[[c, ...], ...]]}      # int32 class ids, (N, H, W)
+
+Images of one request share a size (a tensor); send differently sized images as separate
+requests. The pass is the plain single-scale forward (the evaluation's ``whole`` mode); use
+``pspnet predict`` for sliding-window, flip and multi-scale inference.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+#: Artifact keys of the model (see the module docstring).
+NETWORK_ARTIFACT = "network"
+CLASSES_ARTIFACT = "classes"
+#: Largest value of an 8-bit channel: inputs are RGB in 0..255.
+MAX_PIXEL_VALUE = 255
+#: Channel axis of an (N, H, W, 3) request.
+CHANNEL_AXIS = -1
+#: Images per forward pass: bounds memory for large requests.
+MAX_BATCH = 8
+
+
+def to_batch(images: Any) -> np.ndarray:
+    """``images`` as float32 ``(N, H, W, 3)``: accepts one ``(H, W, 3)`` image or a batch."""
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[CHANNEL_AXIS] != 3:
+        raise ValueError(
+            f"expected RGB images shaped (N, H, W, 3) or (H, W, 3) with values 0..{MAX_PIXEL_VALUE}, "
+            f"got shape {array.shape}"
+        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"expected numeric pixel values, got dtype {array.dtype}")
+    return array.astype(np.float32, copy=False)
+
+
+class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
+    """RGB images in, class maps out (see the module docstring for the exact formats)."""
+
+    def load_context(self, context: Any) -> None:
+        self.network = torch.export.load(context.artifacts[NETWORK_ARTIFACT]).module()
+        with open(context.artifacts[CLASSES_ARTIFACT], encoding="utf-8") as f:
+            classes = json.load(f)
+        self.class_names: list[str] = list(classes["names"])
+        self.class_colors: list[list[int]] = [list(c) for c in classes["colors"]]
+
+    def logits(self, images: np.ndarray) -> torch.Tensor:
+        """Logits ``(N, C, H, W)`` for float32 RGB ``(N, H, W, 3)`` in ``0..255``."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            return torch.cat([self.network(x[i : i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
+
+    # No type hints here: MLflow would try to derive (and warn about) a schema from them; the
+    # logged signature is the schema.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        """Class ids ``(N, H, W)`` int32 for RGB ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image)."""
+        batch = to_batch(model_input)
+        if len(batch) == 0:
+            return np.zeros((0, *batch.shape[1:3]), dtype=np.int32)
+        return self.logits(batch).argmax(dim=1).to(torch.int32).numpy()
+
+
+mlflow.models.set_model(SegmentationPyfunc())
