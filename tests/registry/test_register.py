@@ -20,7 +20,7 @@ from pspnet.data.manifest import DATASET_FILE
 from pspnet.errors import PspnetError
 from pspnet.evaluate.scores import ImageScores
 from pspnet.evaluate.stage import evaluate
-from pspnet.model.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.export import SegmentationModel
 from pspnet.model.pspnet import PSPNet, build_model
 from pspnet.registry import register as reg
@@ -191,13 +191,29 @@ def test_scores_of_stale_data_are_refused_before_anything_is_logged(project: tup
     assert MlflowClient().search_registered_models() == []
 
 
-def test_a_retry_reuses_the_version(project: tuple[Path, Params]) -> None:
+def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tuple[Path, Params]) -> None:
     root, params = project
     torch.manual_seed(0)
-    make_candidate(root, params, build_model(params.model, len(NAMES)).eval(), "random")
+    model = build_model(params.model, len(NAMES)).eval()
+    make_candidate(root, params, model, "random")
     first = reg.register(params, root)
     again = reg.register(params, root)
     assert again["version"] == first["version"] == "1"
     assert again["decision"] == "promoted" and "already the champion" in again["reason"]
     assert len(MlflowClient().search_model_versions("name = 'pspnet'")) == 1
-    assert load_checkpoint(root / "models" / "checkpoint.pt").num_classes == len(NAMES)
+
+    pyfunc = mlflow.pyfunc.load_model("models:/pspnet/1")
+    reference = SegmentationModel(model, params.model.input_mean, params.model.input_std)
+    rng = np.random.default_rng(0)
+    for shape in [(1, 2, 3, 3), (1, 5, 40, 3), (11, 33, 35, 3)]:  # tiny (padded), more than one pass
+        batch = rng.integers(0, 256, shape, dtype=np.uint8)
+        served = pyfunc.predict(batch)
+        assert served.shape == batch.shape[:3]
+        if min(batch.shape[1:3]) >= 32:
+            with torch.inference_mode():
+                expected = reference(torch.from_numpy(batch).permute(0, 3, 1, 2).float()).argmax(1).numpy()
+            assert (served == expected).mean() > 0.999
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"expected shape \(-1, -1, -1, 3\)"):
+        pyfunc.predict(np.zeros((1, 8, 8), np.uint8))
+    info = mlflow.models.get_model_info("models:/pspnet@champion")
+    assert info.metadata["class_names"] == list(NAMES) and info.metadata["num_classes"] == len(NAMES)

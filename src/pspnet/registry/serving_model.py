@@ -18,11 +18,9 @@ Request and response (``POST /invocations`` of ``mlflow models serve``)::
     -> {"predictions": [[[c, ...], ...]]}      # int32 class ids, (N, H, W)
 
 Images of one request share a size (a tensor); send differently sized images as separate
-requests. The pass is the plain single-scale forward (the evaluation's ``whole`` mode); use
+requests. Images smaller than :data:`MIN_SIDE` are edge-padded for the pass and cropped back. The pass is the plain single-scale forward (the evaluation's ``whole`` mode); use
 ``pspnet predict`` for sliding-window, flip and multi-scale inference.
 """
-
-from __future__ import annotations
 
 import json
 from typing import Any
@@ -40,6 +38,9 @@ MAX_PIXEL_VALUE = 255
 CHANNEL_AXIS = -1
 #: Images per forward pass: bounds memory for large requests.
 MAX_BATCH = 8
+#: Smallest side the exported network accepts safely (its guards need at least 9 pixels at
+#: output stride 8); smaller images are edge-padded to this and the class map cropped back.
+MIN_SIDE = 32
 
 
 def to_batch(images: Any) -> np.ndarray:
@@ -68,15 +69,23 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         self.class_colors: list[list[int]] = [list(c) for c in classes["colors"]]
 
     def logits(self, images: np.ndarray) -> torch.Tensor:
-        """Logits ``(N, C, H, W)`` for float32 RGB ``(N, H, W, 3)`` in ``0..255``."""
+        """Logits ``(N, C, H, W)`` for float32 RGB ``(N, H, W, 3)`` in ``0..255`` (any H, W >= 1)."""
+        _, h, w, _ = images.shape
+        pad_h, pad_w = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+        if pad_h or pad_w:
+            images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         with torch.inference_mode():
-            return torch.cat([self.network(x[i : i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
+            out = torch.cat([self.network(x[i : i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)])
+        return out[:, :, :h, :w]
 
-    # No type hints here: MLflow would try to derive (and warn about) a schema from them; the
+    # ``np.ndarray`` is a hint MLflow derives no schema from (and does not warn about): the
     # logged signature is the schema.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-        """Class ids ``(N, H, W)`` int32 for RGB ``(N, H, W, 3)`` (or one ``(H, W, 3)`` image)."""
+    def predict(self, context, model_input: np.ndarray, params=None) -> np.ndarray:  # noqa: ANN001
+        """Class ids ``(N, H, W)`` int32 for RGB ``(N, H, W, 3)``.
+
+        Called directly (not through MLflow's signature check) it also takes one ``(H, W, 3)`` image.
+        """
         batch = to_batch(model_input)
         if len(batch) == 0:
             return np.zeros((0, *batch.shape[1:3]), dtype=np.int32)

@@ -1,0 +1,162 @@
+"""Against a real `mlflow server` on 127.0.0.1: the pipeline tracks, stores artifacts and
+registers over HTTP; `mlflow models serve` answers the documented request with the class map."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from pspnet.model.checkpoint import load_checkpoint
+from pspnet.model.export import SegmentationModel
+from tests.integration.conftest import make_tiny_project, tool_env
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+#: Seconds a server may take to answer its health check (about 30 s seen for `mlflow server`).
+STARTUP_TIMEOUT = 180
+#: Seconds a stopped server gets to exit before it is killed.
+STOP_TIMEOUT = 5
+#: A size no image of the tiny dataset (48 x 64) has.
+UNSEEN_SIZE = (53, 77)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} not healthy after {STARTUP_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A tracking server, a tiny project run through `dvc exp run` against it, and the champion served."""
+    base = tmp_path_factory.mktemp("tracking-server")
+    port = free_port()
+    server_env = tool_env(base)
+    server = start(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{base}/server.db",
+         "--artifacts-destination", str(base / "artifacts"), "--host", HOST, "--port", str(port), "--workers", "1"],
+        server_env, base / "server.log",
+    )
+    processes = [server]
+    try:
+        wait_http(f"http://{HOST}:{port}/health", server, base / "server.log")
+        uri = f"http://{HOST}:{port}"
+        project = make_tiny_project(base / "project")
+        env = {**tool_env(project), "MLFLOW_TRACKING_URI": uri}
+        exp = subprocess.run(["dvc", "exp", "run", "--name", "server-run"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+        assert not (project / "mlflow.db").exists()  # everything went to the server
+
+        serve_port = free_port()
+        serve = start(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/pspnet@champion",
+             "--env-manager", "local", "--host", HOST, "--port", str(serve_port)],
+            env, base / "serve.log",
+        )
+        processes.append(serve)
+        wait_http(f"http://{HOST}:{serve_port}/ping", serve, base / "serve.log")
+        yield {"uri": uri, "project": project, "serve_url": f"http://{HOST}:{serve_port}", "base": base}
+    finally:
+        for proc in reversed(processes):
+            stop(proc)
+
+
+def test_runs_artifacts_and_registry_live_on_the_tracking_server(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served["uri"])
+    client = MlflowClient(tracking_uri=served["uri"], registry_uri=served["uri"])
+    experiment = client.get_experiment_by_name("pspnet")
+    (run,) = client.search_runs([experiment.experiment_id])
+    tags = run.data.tags
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=served["project"], capture_output=True, text=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["dvc.exp_name"] == "server-run"
+    record = json.loads((served["project"] / "data" / "prepared" / "dataset.json").read_text())
+    assert tags["data.version"] == record["version"] and tags["data.source"] == "synthetic"
+    assert "val_miou" in run.data.metrics
+
+    # Artifacts are stored by the server (proxied over HTTP) and download back.
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    card = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="registry/model_card.md",
+                                               dst_path=str(served["base"] / "dl"))
+    assert Path(card).read_text().startswith("# pspnet v1")
+    assert any((served["base"] / "artifacts").rglob("model_card.md"))
+
+    # The registry over HTTP: version 1 is challenger and champion, with the gate's tags.
+    champion = client.get_model_version_by_alias("pspnet", "champion")
+    assert str(champion.version) == "1" and champion.tags["decision"] == "promoted"
+    assert str(client.get_model_version_by_alias("pspnet", "challenger").version) == "1"
+    assert champion.tags["data.version"] == record["version"]
+
+
+def test_mlflow_models_serve_returns_the_class_map_for_an_unseen_size(served: dict) -> None:
+    h, w = UNSEEN_SIZE
+    image = np.random.default_rng(3).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
+    request = urllib.request.Request(
+        f"{served['serve_url']}/invocations",
+        data=json.dumps({"inputs": image.tolist()}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        answer = json.loads(reply.read())
+    class_map = np.asarray(answer["predictions"])
+    assert class_map.shape == (1, h, w)
+
+    ckpt = load_checkpoint(served["project"] / "models" / "checkpoint.pt")
+    reference = SegmentationModel(ckpt.model, ckpt.model_cfg.input_mean, ckpt.model_cfg.input_std)
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(image).permute(0, 3, 1, 2).float()).argmax(1).numpy()
+    assert (class_map == expected).mean() > 0.999
+
+    # A malformed request gets a client error, not a crash.
+    bad = urllib.request.Request(f"{served['serve_url']}/invocations", data=json.dumps({"inputs": [[1, 2]]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(bad, timeout=60)
+    assert 400 <= err.value.code < 500
