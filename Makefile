@@ -9,6 +9,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 PORT ?= 5000
+# `make schedule`: the Prefect server it serves the retraining deployment on (started on
+# 127.0.0.1:$(PREFECT_PORT) unless PREFECT_API_URL already answers), and how long it may take to start.
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+PREFECT_START_TIMEOUT ?= 180
+PREFECT_SERVER_LOG ?= $(CURDIR)/.prefect/server.log
 
 export PATH := $(BIN):$(PATH)
 # Prefect keeps its state in the project, not the user's home; no telemetry offline.
@@ -18,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow test test-all ablation import-data run-camvid ui lock clean
+.PHONY: help install run flow schedule test test-all ablation import-data run-camvid ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -38,6 +44,33 @@ run: install  ## run the whole pipeline on the embedded dataset through DVC (dvc
 
 flow: install  ## run the same pipeline as a Prefect flow (ephemeral Prefect server)
 	python -m pipelines.training
+
+# `make schedule` starts the server with `set -m` (its own process group), so Ctrl-C reaches only
+# `pipelines.schedule`: it pauses the schedules while the server still answers, then the EXIT
+# trap stops the server it started (a server that already answered is left running).
+# PREFECT_HEALTHY answers 0 when the Prefect API at $(PREFECT_API_URL) is healthy.
+PREFECT_HEALTHY = python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$(PREFECT_API_URL)/health" >/dev/null 2>&1
+
+schedule: install  ## serve the retraining deployment (cron + new-data check) on a local Prefect server (PREFECT_PORT=4200)
+	@mkdir -p "$(dir $(PREFECT_SERVER_LOG))"; \
+	if $(PREFECT_HEALTHY); then \
+	  echo "schedule: using the Prefect server at $(PREFECT_API_URL)"; \
+	elif [ "$(PREFECT_API_URL)" != "http://127.0.0.1:$(PREFECT_PORT)/api" ]; then \
+	  echo "schedule: PREFECT_API_URL=$(PREFECT_API_URL) does not answer; start that server, or unset PREFECT_API_URL to get a local one" >&2; exit 1; \
+	else \
+	  echo "schedule: starting prefect server on 127.0.0.1:$(PREFECT_PORT) (log: $(PREFECT_SERVER_LOG))"; \
+	  set -m; prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >"$(PREFECT_SERVER_LOG)" 2>&1 & server=$$!; set +m; \
+	  trap 'echo "schedule: stopping the prefect server"; kill -- -$$server 2>/dev/null; wait $$server 2>/dev/null' EXIT; \
+	  trap 'exit 130' INT TERM HUP; \
+	  for second in $$(seq $(PREFECT_START_TIMEOUT)); do \
+	    $(PREFECT_HEALTHY) && break; \
+	    kill -0 $$server 2>/dev/null || { echo "schedule: prefect server exited; see $(PREFECT_SERVER_LOG):" >&2; tail -20 "$(PREFECT_SERVER_LOG)" >&2; exit 1; }; \
+	    sleep 1; \
+	  done; \
+	  $(PREFECT_HEALTHY) || { echo "schedule: prefect server not healthy after $(PREFECT_START_TIMEOUT) s; see $(PREFECT_SERVER_LOG) (raise PREFECT_START_TIMEOUT)" >&2; exit 1; }; \
+	  echo "schedule: prefect server ready: $(PREFECT_API_URL) (UI: http://127.0.0.1:$(PREFECT_PORT))"; \
+	fi; \
+	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.schedule
 
 test: install  ## run the test suite (heavy tests marked `slow` excluded)
 	pytest -m "not slow"

@@ -18,14 +18,25 @@ error line, ``ERROR: failed to reproduce '<stage>': failed to run: <cmd>, exited
 (the DVC Python API carries it only in the same message), so it is parsed from there.
 ``validate`` is a gate and is never retried.
 
+New-data trigger: with ``only_if_new_data=True`` the flow first asks
+:func:`pspnet.data.changes.data_changes` whether the data changed since ``dvc.lock`` (an
+imported source's hash, the raw data folder's hash, the ``data`` parameters; code changes do
+not count). Without a change it logs ``no new data since dvc.lock: ...`` and ends at once,
+Completed in a state named ``Skipped``, running no stage. The scheduled deployment
+(:mod:`pipelines.schedule`) runs it this way between its full, cron-timed runs.
+
+Runs never interleave in one project, whatever started them (a schedule, ``make flow``, a
+second scheduler): the flow holds a file lock (``.dvc/tmp/pspnet-pipeline.lock``) from start
+to end; a second run waits for it and logs that it waits.
+
 Running it::
 
-    python -m pipelines.training [--project-dir DIR]
+    python -m pipelines.training [--project-dir DIR] [--only-if-new-data]
 
-exits 0 when every stage succeeded, else the failing stage's exit code (2 config, 3 data,
-1 other). With no ``PREFECT_API_URL`` Prefect starts a temporary local server (8-20 s, more on
-a slow first database migration). What the environment should provide (``make flow`` sets
-all of it):
+exits 0 when every stage succeeded (or the run was skipped: no new data), else the failing
+stage's exit code (2 config, 3 data, 1 other). With no ``PREFECT_API_URL`` Prefect starts a
+temporary local server (8-20 s, more on a slow first database migration). What the
+environment should provide (``make flow`` sets all of it):
 
 - ``PREFECT_HOME``: where Prefect keeps its database and settings; the flow respects
   whatever is set and never changes it (default ``~/.prefect``; the Makefile uses
@@ -48,14 +59,19 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
 from pspnet.cli import STAGES as CLI_STAGES
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
+from pspnet.data.changes import DataChange, data_changes
 from pspnet.errors import PERMANENT_EXIT_CODES, ConfigError, PspnetError
 
 #: The pipeline's stages in order: the ``pspnet`` command's stage subcommands.
@@ -67,6 +83,13 @@ NOT_RETRIED_EXIT_CODES = frozenset(PERMANENT_EXIT_CODES | {126, 127})
 
 #: How many trailing output lines a failure message quotes.
 _TAIL_LINES = 40
+
+#: Held (relative to the project root) for a whole flow run: runs in one project never interleave.
+PIPELINE_LOCK = Path(".dvc") / "tmp" / "pspnet-pipeline.lock"
+#: While a run waits for the lock, it says so this often (seconds).
+LOCK_WAIT_LOG_SECONDS = 60
+#: Name of the (Completed) state of a run that found no new data.
+SKIPPED_STATE = "Skipped"
 
 _STAGE_FAILED = re.compile(r"failed to reproduce '(?P<stage>[^']*)'.*exited with (?P<code>-?\d+)\s*$")
 
@@ -145,6 +168,36 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
+@contextmanager
+def pipeline_lock(root: Path, logger: Any) -> Iterator[Path]:
+    """Hold the project's pipeline lock (:data:`PIPELINE_LOCK`), waiting as long as another run holds it.
+
+    It is an OS file lock, so it is released even when the holder dies. While waiting, says so
+    every :data:`LOCK_WAIT_LOG_SECONDS`.
+    """
+    if not (root / ".dvc").is_dir():
+        raise ConfigError(f"{root}: not a DVC repository (no .dvc/). Fix: run `dvc init` there.")
+    path = root / PIPELINE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        logger.info("another pipeline run in %s holds %s: waiting for it to finish", root, path)
+        started = time.monotonic()
+        while True:
+            try:
+                lock.acquire(timeout=LOCK_WAIT_LOG_SECONDS)
+                break
+            except Timeout:
+                logger.info("still waiting for %s (%.0f s)", path, time.monotonic() - started)
+        logger.info("got %s after %.1f s", path, time.monotonic() - started)
+    try:
+        yield path
+    finally:
+        lock.release()
+
+
 def repro_stage(stage: str, project_dir: str | Path, logger: Any = None) -> dict[str, Any]:
     """Run ``dvc repro <stage>`` in ``project_dir``, streaming its output to ``logger``.
 
@@ -212,6 +265,17 @@ def import_data_task(project_dir: str) -> dict[str, Any]:
     return result
 
 
+@task(name="data-changes", task_run_name="data-changes", retries=2, retry_delay_seconds=_RETRY_DELAYS, **_NEVER_CACHED)
+def data_changes_task(project_dir: str) -> DataChange:
+    """Whether the data changed since ``dvc.lock`` (:func:`pspnet.data.changes.data_changes`).
+
+    Retried when DVC could not answer (a busy repository lock, a remote that did not answer);
+    never for a config or data error.
+    """
+    root = Path(project_dir).resolve()
+    return data_changes(load_params(root / DEFAULT_PARAMS_FILE), root)
+
+
 @task(name="prepare", task_run_name="dvc-repro-prepare", retries=1, retry_delay_seconds=5, **_NEVER_CACHED)
 def prepare_stage(project_dir: str) -> dict[str, Any]:
     """``dvc repro prepare``: one retry (a flaky filesystem); none for config / data errors."""
@@ -251,17 +315,8 @@ STAGE_TASKS = {
 }
 
 
-@flow(name="pspnet-training", flow_run_name="pspnet-training")
-def training_pipeline(project_dir: str = ".") -> dict[str, Any]:
-    """Run every stage in order through DVC; a failed stage stops the flow (and fails it).
-
-    Returns ``{"project_dir", "imports": [what import-data did], "stages": {stage: {"ran", "seconds"}},
-    "registry": <reports/registry.json or None>}``.
-    """
-    root = Path(project_dir).resolve()
-    if not (root / "dvc.yaml").is_file():
-        raise ConfigError(f"{root}: no dvc.yaml here; pass the project root as --project-dir.")
-    logger = get_run_logger()
+def _run_stages(root: Path, logger: Any) -> dict[str, Any]:
+    """import-data, then every stage in order through DVC: the summary of a full run."""
     imported = import_data_task(str(root))
     results: dict[str, Any] = {}
     for stage, stage_task in STAGE_TASKS.items():
@@ -270,7 +325,38 @@ def training_pipeline(project_dir: str = ".") -> dict[str, Any]:
         logger.info("%s: %s in %.1f s", stage, "ran" if result["ran"] else "up to date", result["seconds"])
     report = root / load_params(root / DEFAULT_PARAMS_FILE).paths.reports / "registry.json"
     registry = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
-    return {"project_dir": str(root), "imports": imported["inputs"], "stages": results, "registry": registry}
+    return {"imports": imported["inputs"], "stages": results, "registry": registry}
+
+
+@flow(name="pspnet-training", flow_run_name="pspnet-training")
+def training_pipeline(project_dir: str = ".", only_if_new_data: bool = False) -> dict[str, Any]:
+    """Run every stage in order through DVC; a failed stage stops the flow (and fails it).
+
+    Holds the project's pipeline lock throughout (a second run waits). With
+    ``only_if_new_data`` it first checks whether the data changed since ``dvc.lock``; if not,
+    it runs nothing and ends Completed in state ``Skipped``, with the reason.
+
+    Returns ``{"project_dir", "skipped": bool, "reason", "data_change": <the check, or None when
+    not asked>, "imports": [what import-data did], "stages": {stage: {"ran", "seconds"}},
+    "registry": <reports/registry.json or None>}``.
+    """
+    root = Path(project_dir).resolve()
+    if not (root / "dvc.yaml").is_file():
+        raise ConfigError(f"{root}: no dvc.yaml here; pass the project root as --project-dir.")
+    logger = get_run_logger()
+    summary: dict[str, Any] = {"project_dir": str(root), "skipped": False, "reason": None, "data_change": None}
+    with pipeline_lock(root, logger):
+        if only_if_new_data:
+            change = data_changes_task(str(root))
+            summary["data_change"] = change.as_dict()
+            if not change.changed:
+                reason = f"no new data since dvc.lock: {change.summary()}"
+                logger.info(reason)
+                skipped = {**summary, "skipped": True, "reason": reason, "imports": [], "stages": {}, "registry": None}
+                return Completed(name=SKIPPED_STATE, message=reason, data=skipped)  # type: ignore[return-value]
+            summary["reason"] = f"new data: {change.summary()}"
+            logger.info(summary["reason"])
+        return {**summary, **_run_stages(root, logger)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,9 +365,14 @@ def main(argv: list[str] | None = None) -> int:
         description="Run prepare -> validate -> train -> evaluate -> register as a Prefect flow (each stage via dvc repro).",
     )
     parser.add_argument("--project-dir", default=".", help="project root holding dvc.yaml and params.yaml (default: .)")
+    parser.add_argument(
+        "--only-if-new-data",
+        action="store_true",
+        help="run only when the data changed since dvc.lock (imported source, raw folder, data params); else exit 0 at once",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = training_pipeline(project_dir=args.project_dir)
+        summary = training_pipeline(project_dir=args.project_dir, only_if_new_data=args.only_if_new_data)
     except PspnetError as err:
         print(f"training pipeline failed: {err}", file=sys.stderr)
         return err.exit_code

@@ -324,7 +324,8 @@ class ScheduleConfig(StrictModel):
 
     deployment_name: str = "pspnet-retrain"
     #: Full retraining run (``dvc update`` + ``dvc repro`` + promotion gate). Five fields
-    #: (minute resolution), or six with seconds first.
+    #: (minute resolution), or six with seconds LAST (Prefect's croniter: ``30 2 * * * 15``
+    #: is 02:30:15).
     cron: str = "0 3 * * 0"
     timezone: str = "UTC"
     #: Seconds between new-data checks: a run that goes on only when the data source's hash

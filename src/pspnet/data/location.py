@@ -90,7 +90,7 @@ def _dvc_yaml(dvc_file: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _dvc_file_source(dvc_file: Path) -> str | None:
+def dvc_file_source(dvc_file: Path) -> str | None:
     """The location an import's ``.dvc`` file was imported from (absolute for local paths)."""
     try:
         source = str(_dvc_yaml(dvc_file)["deps"][0]["path"])
@@ -99,7 +99,7 @@ def _dvc_file_source(dvc_file: Path) -> str | None:
     return source if is_url(source) else str(_local_path(source, dvc_file.parent))
 
 
-def _same_location(recorded: str | None, location: str, root: Path) -> bool:
+def same_location(recorded: str | None, location: str, root: Path) -> bool:
     if recorded is None:
         return False
     if is_url(location):
@@ -128,8 +128,8 @@ def resolve_input(item: RawInput, root: Path) -> Path:
             f"imported into {item.path.relative_to(root)} yet. Fix: run `{command}`, which runs "
             f"`dvc import-url {item.location} {item.path.relative_to(root)}` so the raw data is versioned."
         )
-    recorded = _dvc_file_source(item.dvc_file)
-    if not _same_location(recorded, item.location, root):
+    recorded = dvc_file_source(item.dvc_file)
+    if not same_location(recorded, item.location, root):
         raise DataError(
             f"{item.field}: {item.path.relative_to(root)} was imported from {recorded or 'an unknown location'} "
             f"but params.yaml now says {item.location}. Fix: run `{command}` to re-import it."
@@ -176,7 +176,7 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
                 raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
             action = "dvc add"
             run_dvc(root, "add", rel)
-        elif item.dvc_file.is_file() and _same_location(_dvc_file_source(item.dvc_file), item.location, root):
+        elif item.dvc_file.is_file() and same_location(dvc_file_source(item.dvc_file), item.location, root):
             action = "dvc update"
             run_dvc(root, "update", str(item.dvc_file.relative_to(root)))
             if not item.path.exists():  # `dvc update` of an unchanged source does not restore a deleted copy
