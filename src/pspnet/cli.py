@@ -220,6 +220,49 @@ def ablation_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("predict")
+def predict_command(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns ('photos/**/*.jpg').")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the masks and overlays (created).")],
+    model: Annotated[
+        Optional[str], typer.Option(help="Checkpoint path or MLflow model URI (default: models:/<register.model_name>@<register.champion_alias>).")
+    ] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also search the subfolders of folders.")] = False,
+    mode: Annotated[Optional[str], typer.Option(help="whole | slide (default: evaluate.mode).")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Average with the mirrored image (default: evaluate.flip).")] = None,
+    scales: Annotated[Optional[str], typer.Option(help="Test scales, e.g. 0.75,1.0,1.25 (default: evaluate.scales).")] = None,
+    crop_size: Annotated[Optional[str], typer.Option(help="slide window: 473 or HEIGHTxWIDTH (default: evaluate.crop_size).")] = None,
+    base_size: Annotated[Optional[int], typer.Option(help="Long side that scale 1.0 maps to (default: evaluate.base_size).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: evaluate.batch_size).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda (default: train.device).")] = None,
+    overlay: Annotated[bool, typer.Option("--overlay/--no-overlay", help="Write <name>_overlay.png too.")] = True,
+    alpha: Annotated[Optional[float], typer.Option(help="Overlay opacity 0..1 (default: evaluate.overlay_alpha).")] = None,
+    summary: Annotated[Optional[Path], typer.Option(help="Write a JSON summary here (class pixel shares per image).")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Warn about unreadable images and go on (default: fail).")] = False,
+    params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
+    root: RootOption = Path("."),
+) -> None:
+    """Segment images: class-id PNG masks, colour overlays and an optional JSON summary (see pspnet.predict)."""
+    from pspnet.predict import PredictOptions, parse_scales, predict
+
+    _configure_logging()
+    root = root.resolve()
+    with exits_on_error("predict"):
+        params_path = _params_path(params, root)
+        loaded = load_params(params_path) if params_path.is_file() else parse_params({}, "<defaults>")
+        inference = {
+            "mode": mode, "flip": flip, "base_size": base_size, "batch_size": batch_size,
+            "scales": parse_scales(scales) if scales is not None else None,
+            "crop_size": _parse_size(crop_size) if crop_size is not None else None,
+        }
+        options = PredictOptions(
+            inputs=tuple(inputs), out_dir=out, model=model, recursive=recursive, overlay=overlay, alpha=alpha,
+            summary=summary, skip_bad=skip_bad, device=device, inference=inference,
+        )
+        result = predict(loaded, root, options)
+    typer.echo(json.dumps(result, indent=2))
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

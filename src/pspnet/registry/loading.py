@@ -9,8 +9,8 @@
   layout (MLflow's pytorch flavour holding the same program) both load.
 
 Either way the result is a :class:`Segmenter` whose ``model`` takes NORMALISED images
-``(N, 3, H, W)`` (as the evaluation's data pipeline produces them) and returns logits
-``(N, C, H, W)``, so :func:`pspnet.evaluate.inference.predict_logits` runs every test-time
+``(N, 3, H, W)`` of any size (as the evaluation's data pipeline produces them; passes under
+:data:`MIN_SIDE` are padded, see :class:`MinSideInput`) and returns logits ``(N, C, H, W)``, so :func:`pspnet.evaluate.inference.predict_logits` runs every test-time
 mode on it. A registered program takes raw RGB and normalises inside; :class:`FromNormalized`
 undoes the normalisation in front of it (exact up to float rounding).
 """
@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.registry import serving_model
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ MEAN_BUFFER = "mean"
 STD_BUFFER = "std"
 #: Values in the packaged metadata are fractions of this.
 PIXEL_SCALE = 255.0
+#: Smallest side a forward pass gets: exported networks reject smaller inputs (their shape
+#: guards need 9+ pixels at output stride 8), so smaller passes (images, slide windows, test
+#: scales) are edge-padded to this and the logits cropped back, as the served model does.
+MIN_SIDE = serving_model.MIN_SIDE
 #: File suffixes treated as checkpoint paths rather than MLflow URIs.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
@@ -84,6 +90,37 @@ class FromNormalized(nn.Module):
         return self.net(x * self.std + self.mean)
 
 
+class MinSideInput(nn.Module):
+    """Runs ``net`` on passes at least ``min_side`` pixels a side: a smaller input is
+    edge-padded at the bottom / right and the logits cropped back to its size.
+
+    Inference-only: it stays in eval mode, and so does ``net`` (a loaded ``torch.export``
+    program cannot switch modes and always runs as exported).
+    """
+
+    def __init__(self, net: nn.Module, min_side: int = MIN_SIDE) -> None:
+        super().__init__()
+        self.net = net
+        self.min_side = min_side
+        self.net.eval()
+        self.training = False
+
+    def train(self, mode: bool = True) -> MinSideInput:
+        """Kept in eval mode whatever is asked (see the class docstring)."""
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(N, 3, H, W)`` -> logits ``(N, C, H, W)`` for any ``H, W >= 1``."""
+        height, width = x.shape[-2:]
+        pad_h, pad_w = max(0, self.min_side - height), max(0, self.min_side - width)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        out = self.net(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out[..., :height, :width]
+
+
 def is_checkpoint_path(source: str) -> bool:
     """True for an existing file, or a path ending in a checkpoint suffix (so a typo is named as a missing file)."""
     return Path(source).is_file() or (source.lower().endswith(CHECKPOINT_SUFFIXES) and "://" not in source)
@@ -98,7 +135,8 @@ def _from_checkpoint(path: Path) -> Segmenter:
     names = tuple(ckpt.meta.get("class_names") or (str(i) for i in range(ckpt.num_classes)))
     colors = tuple(tuple(int(v) for v in c) for c in ckpt.meta.get("class_colors") or ())
     cfg = ckpt.model_cfg
-    return Segmenter(ckpt.model.eval(), names, colors, tuple(cfg.input_mean), tuple(cfg.input_std), str(path))
+    model = MinSideInput(ckpt.model.eval())
+    return Segmenter(model, names, colors, tuple(cfg.input_mean), tuple(cfg.input_std), str(path))
 
 
 def _program_and_classes(uri: str, flavors: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, list[str], list[list[int]]]:
@@ -142,7 +180,7 @@ def _from_mlflow(uri: str) -> Segmenter:
     if not names:
         raise PspnetError(f"{uri}: the model records no class names (metadata 'class_names').")
     return Segmenter(
-        model=FromNormalized(program, mean, std),
+        model=MinSideInput(FromNormalized(program, mean, std)),
         class_names=tuple(names),
         class_colors=tuple(tuple(int(v) for v in c) for c in colors),
         input_mean=tuple(float(v) / PIXEL_SCALE for v in mean.tolist()),
