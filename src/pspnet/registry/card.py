@@ -56,7 +56,7 @@ def model_card(
         f"**Gate decision: {gate.decision}.** {gate.reason}.",
         "",
         f"- MLflow run: `{run_id}`; model: `models:/{model_name}/{version}`",
-        f"- Use: `pspnet predict IMAGES --model models:/{model_name}/{version}`, or "
+        f"- Use: `pspnet predict IMAGES --out DIR --model models:/{model_name}/{version}`, or "
         f"`mlflow models serve -m models:/{model_name}/{version} --env-manager local`",
         "",
         "## Data",

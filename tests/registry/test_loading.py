@@ -1,0 +1,85 @@
+"""load_segmenter: checkpoints, this project's pyfunc versions and the earlier pytorch-flavour
+layout all give a model that scores normalised images like the checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import pytest
+import torch
+
+from pspnet.config import ModelConfig
+from pspnet.errors import ConfigError, PspnetError
+from pspnet.evaluate.inference import predict_logits
+from pspnet.model.checkpoint import load_checkpoint, save_checkpoint
+from pspnet.model.export import SegmentationModel
+from pspnet.model.pspnet import build_model
+from pspnet.registry.loading import MIN_SIDE, load_segmenter
+
+NAMES = ["road", "car", "sky"]
+COLORS = [[128, 64, 128], [0, 0, 142], [70, 130, 180]]
+CFG = ModelConfig(encoder="resnet18", head_channels=8, aux_channels=8, input_mean=(0.5, 0.4, 0.3), input_std=(0.2, 0.25, 0.3))
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, build_model(CFG, len(NAMES)), CFG, len(NAMES), {"class_names": NAMES, "class_colors": COLORS})
+    return path
+
+
+def _normalised(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    raw = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32))
+    mean = torch.tensor(CFG.input_mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CFG.input_std).view(1, 3, 1, 1) * 255
+    return (raw - mean) / std
+
+
+def test_a_checkpoint_loads_with_its_classes_and_normalisation(checkpoint: Path) -> None:
+    seg = load_segmenter(checkpoint)
+    assert seg.class_names == tuple(NAMES) and seg.class_colors == tuple(tuple(c) for c in COLORS)
+    assert seg.input_mean == CFG.input_mean and seg.input_std == CFG.input_std
+    x = _normalised((1, 3, 45, 70))
+    expected = load_checkpoint(checkpoint).model(x)
+    assert torch.allclose(predict_logits(seg.model, x), expected, atol=1e-5)
+    assert predict_logits(seg.model, _normalised((1, 3, 3, 5))).shape == (1, len(NAMES), 3, 5)  # padded to MIN_SIDE
+    assert MIN_SIDE > 5
+
+
+def test_the_earlier_pytorch_flavour_layout_still_loads(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Versions registered before the pyfunc layout (MLflow's pytorch flavour around the same
+    exported program) can still be champion; the gate must be able to re-score them."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    ckpt = load_checkpoint(checkpoint)
+    wrapped = SegmentationModel(ckpt.model, CFG.input_mean, CFG.input_std)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 3, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(NAMES), -1, -1))]),
+    )
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(
+            wrapped, name="model", signature=signature, serialization_format="pt2",
+            input_example=np.zeros((2, 3, 32, 48), np.float32), metadata={"class_names": NAMES, "class_colors": COLORS},
+            pip_requirements=["torch"],
+        )
+    seg = load_segmenter(info.model_uri)
+    assert seg.class_names == tuple(NAMES)
+    assert seg.input_mean == pytest.approx(CFG.input_mean) and seg.input_std == pytest.approx(CFG.input_std)
+    x = _normalised((2, 3, 41, 67), seed=1)
+    expected = ckpt.model(x).argmax(1)
+    assert (predict_logits(seg.model, x).argmax(1) == expected).float().mean() > 0.999
+
+
+def test_unknown_sources_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="missing.pt: no such checkpoint"):
+        load_segmenter(tmp_path / "missing.pt")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(PspnetError, match="models:/nope@champion: cannot load this model"):
+        load_segmenter("models:/nope@champion")
