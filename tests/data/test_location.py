@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -103,3 +104,25 @@ def test_a_location_that_does_not_exist_is_named_before_dvc_runs(tmp_path: Path)
     with pytest.raises(DataError, match=r"data\.source\.location: .*/nowhere/CamVid does not exist\. Fix: set"):
         import_data(_params(str(tmp_path / "nowhere/CamVid")), root)
     assert not (root / "data/raw/camvid.dvc").exists()
+
+
+def test_a_fresh_clone_pulls_the_tracked_raw_data_from_the_dvc_remote(tmp_path: Path) -> None:
+    root = _repo(tmp_path / "project")
+    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], root)
+    _dataset(root / "data/raw/mine", {"images/train/a.png": "a"})
+    params = _params("data/raw/mine", name="folder")
+    first = import_data(params, root)["inputs"][0]
+    run(["dvc", "push"], root)
+    # What a new machine has: the .dvc file from git, no data, an empty cache.
+    shutil.rmtree(root / "data/raw/mine")
+    shutil.rmtree(root / ".dvc/cache")
+    again = import_data(params, root)["inputs"][0]
+    assert again["action"] == "dvc pull" and again["version"] == first["version"] and not again["changed"]
+    assert (root / "data/raw/mine/images/train/a.png").read_text() == "a"
+
+    # Without the remote's copy it says what to do.
+    shutil.rmtree(root / "data/raw/mine")
+    shutil.rmtree(root / ".dvc/cache")
+    shutil.rmtree(tmp_path / "remote")
+    with pytest.raises(DataError, match=r"data/raw/mine\.dvc: its data is neither in the local DVC cache nor on a DVC remote"):
+        import_data(params, root)

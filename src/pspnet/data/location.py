@@ -10,6 +10,8 @@ downstream, and ``dvc.lock`` records which version each run used.
 - A ``location`` elsewhere (another local folder or a URL: ``s3://``, ``https://`` ...) is
   imported into ``<paths.raw>/<name>`` with ``dvc import-url``; ``import-data`` later runs
   ``dvc update`` to pick up new files, or re-imports when the location changed.
+- A tracked folder missing from the workspace (a fresh clone) is restored first: ``dvc
+  checkout`` from the local cache, else ``dvc pull`` from the DVC remote.
 """
 
 from __future__ import annotations
@@ -159,6 +161,26 @@ def stage_in_git(root: Path, paths: list[Path]) -> None:
         log.warning("git add %s failed: %s", " ".join(existing), done.stderr.strip())
 
 
+def restore_tracked(root: Path, dvc_file: Path) -> str:
+    """Put a DVC-tracked folder that is missing from the workspace back: from the local cache
+    (``dvc checkout``), else from the DVC remote (``dvc pull``; a fresh clone on the machine a
+    schedule runs on has an empty cache). Returns the command that did it."""
+    rel = str(dvc_file.relative_to(root))
+    try:
+        run_dvc(root, "checkout", rel)
+        return "dvc checkout"
+    except PspnetError as err:
+        log.info("%s is not in the local DVC cache (%s); pulling it from the DVC remote", rel, err)
+    try:
+        run_dvc(root, "pull", rel)
+    except PspnetError as err:
+        raise DataError(
+            f"{rel}: its data is neither in the local DVC cache nor on a DVC remote ({err}). Fix: add the remote "
+            "that holds it (`dvc remote add -d NAME URL`) and run `pspnet import-data` again, or import the data anew."
+        ) from None
+    return "dvc pull"
+
+
 def import_data(params: Params, root: Path) -> dict[str, Any]:
     """Bring every raw input of ``params.data.source`` under DVC (see the module doc).
 
@@ -172,15 +194,17 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
         before = raw_version(item)
         rel = str(item.path.relative_to(root))
         if not item.imported:
+            action = "dvc add"
+            if not item.path.exists() and item.dvc_file.is_file():
+                action = restore_tracked(root, item.dvc_file)
             if not item.path.is_dir():
                 raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
-            action = "dvc add"
             run_dvc(root, "add", rel)
         elif item.dvc_file.is_file() and same_location(dvc_file_source(item.dvc_file), item.location, root):
             action = "dvc update"
             run_dvc(root, "update", str(item.dvc_file.relative_to(root)))
             if not item.path.exists():  # `dvc update` of an unchanged source does not restore a deleted copy
-                run_dvc(root, "checkout", str(item.dvc_file.relative_to(root)))
+                restore_tracked(root, item.dvc_file)
         else:
             action = "dvc import-url"
             item.path.parent.mkdir(parents=True, exist_ok=True)
