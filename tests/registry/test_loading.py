@@ -63,7 +63,8 @@ def test_the_earlier_pytorch_flavour_layout_still_loads(checkpoint: Path, tmp_pa
         inputs=Schema([TensorSpec(np.dtype("float32"), (-1, 3, -1, -1))]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, len(NAMES), -1, -1))]),
     )
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("legacy", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         info = mlflow.pytorch.log_model(
             wrapped, name="model", signature=signature, serialization_format="pt2",
             input_example=np.zeros((2, 3, 32, 48), np.float32), metadata={"class_names": NAMES, "class_colors": COLORS},
