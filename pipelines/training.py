@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -73,6 +72,7 @@ from pspnet.cli import STAGES as CLI_STAGES
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.data.changes import DataChange, data_changes
 from pspnet.errors import PERMANENT_EXIT_CODES, ConfigError, PspnetError
+from pspnet.tools import tool_env
 
 #: The pipeline's stages in order: the ``pspnet`` command's stage subcommands.
 STAGES = tuple(CLI_STAGES)
@@ -156,18 +156,6 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     return is_retryable_exit_code(getattr(exc, "exit_code", None))
 
 
-def _tool_env() -> dict[str, str]:
-    """The environment for DVC: this interpreter's bin directory first on PATH, unbuffered output."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    path = env.get("PATH", "")
-    if path.split(os.pathsep)[0] != bin_dir:
-        env["PATH"] = bin_dir + (os.pathsep + path if path else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    return env
-
-
 @contextmanager
 def pipeline_lock(root: Path, logger: Any) -> Iterator[Path]:
     """Hold the project's pipeline lock (:data:`PIPELINE_LOCK`), waiting as long as another run holds it.
@@ -215,7 +203,7 @@ def repro_stage(stage: str, project_dir: str | Path, logger: Any = None) -> dict
     with subprocess.Popen(
         cmd,
         cwd=project_dir,
-        env=_tool_env(),
+        env=tool_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -53,6 +53,7 @@ from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE
+from pspnet.tools import tool_env
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def run_streamed(root: Path, command: Sequence[str], env: Mapping[str, str] | No
     its wall time in seconds, or a :class:`PspnetError` naming the command and its exit code."""
     log.info("running: %s", shlex.join(command))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *command], cwd=root, env={**os.environ, **(env or {})}, check=False)
+    proc = subprocess.run([sys.executable, "-m", *command], cwd=root, env={**tool_env(), **(env or {})}, check=False)
     if proc.returncode != 0:
         raise PspnetError(f"`{shlex.join(command)}` exited with {proc.returncode}; its output above says why.")
     return time.perf_counter() - start

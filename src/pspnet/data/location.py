@@ -28,6 +28,7 @@ import yaml
 
 from pspnet.config import Params
 from pspnet.errors import DataError, PspnetError
+from pspnet.tools import tool_env
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def run_dvc(root: Path, *args: str) -> str:
     """Run ``dvc <args>`` in ``root``; its output, or a :class:`PspnetError` with its message."""
     cmd = [sys.executable, "-m", "dvc", *args]
     log.info("running: dvc %s", " ".join(args))
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise PspnetError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}): " + " / ".join(detail[-5:]))
