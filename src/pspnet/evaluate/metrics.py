@@ -33,6 +33,7 @@ as the independent reference the tests compare against.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +101,8 @@ class SegmentationMetrics:
         target = m.sum(axis=1).astype(np.float64)
         pred = m.sum(axis=0).astype(np.float64)
         union = target + pred - inter
+        iou = iou_from_sums(inter, union)
         with np.errstate(divide="ignore", invalid="ignore"):
-            iou = np.where(union > 0, inter / union, np.nan)
             acc = np.where(target > 0, inter / target, np.nan)
         return cls(
             matrix=m,
@@ -110,8 +111,8 @@ class SegmentationMetrics:
             target=target,
             iou=iou,
             acc=acc,
-            miou=_nanmean(iou),
-            miou_absent_as_zero=float(np.nan_to_num(iou, nan=0.0).mean()) if iou.size else math.nan,
+            miou=float(mean_iou(iou, "miou")),
+            miou_absent_as_zero=float(mean_iou(iou, "miou_absent_as_zero")) if iou.size else math.nan,
             macc=_nanmean(acc),
             allacc=float(inter.sum() / target.sum()) if target.sum() > 0 else math.nan,
         )
@@ -162,6 +163,29 @@ class ConfusionMatrix:
 
     def compute(self) -> SegmentationMetrics:
         return SegmentationMetrics.from_matrix(self.matrix)
+
+
+def iou_from_sums(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """IoU per class from summed counts ``(..., C)``; NaN where the union is 0 (class absent)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+
+#: The two mIoU definitions (see the module docstring), by name.
+MIOU_METRICS = ("miou", "miou_absent_as_zero")
+
+
+def mean_iou(iou: np.ndarray, metric: str) -> np.ndarray:
+    """mIoU over the last axis of ``iou`` (``(..., C)``): ``miou`` skips NaN (absent) classes,
+    ``miou_absent_as_zero`` counts them as 0. Vectorised, so the gate's bootstrap scores every
+    resample at once."""
+    if metric == "miou":
+        with warnings.catch_warnings():  # an all-NaN row (no class present) is NaN, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(iou, axis=-1)
+    if metric == "miou_absent_as_zero":
+        return np.nan_to_num(iou, nan=0.0).mean(axis=-1)
+    raise ValueError(f"unknown metric {metric!r}; known: {', '.join(MIOU_METRICS)}")
 
 
 def json_float(value: float) -> float | None:

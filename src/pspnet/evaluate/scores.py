@@ -14,7 +14,6 @@ the gate re-scores a champion with it, so both are measured the same way.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,7 @@ from pspnet import io
 from pspnet.config import EvaluateConfig
 from pspnet.errors import PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
-from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
-
-#: ``metrics(name)`` names: classes absent from prediction and ground truth skipped / counted as 0.
-METRICS = ("miou", "miou_absent_as_zero")
+from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics, iou_from_sums, mean_iou
 
 
 def image_counts(preds: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,23 +48,6 @@ def image_counts(preds: torch.Tensor, masks: torch.Tensor, num_classes: int, ign
     inter = per_image(masks.long(), valid & (preds == masks))
     union = target + pred - inter
     return inter.cpu().numpy().astype(np.int64), union.cpu().numpy().astype(np.int64)
-
-
-def iou_from_sums(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """IoU per class from summed counts ``(..., C)``; NaN where the union is 0."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-
-
-def mean_iou(iou: np.ndarray, metric: str) -> np.ndarray:
-    """The headline over the last axis: ``miou`` skips NaN classes, ``miou_absent_as_zero`` counts them as 0."""
-    if metric == "miou":
-        with warnings.catch_warnings():  # all-NaN rows (no class present) are NaN, not a warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(iou, axis=-1)
-    if metric == "miou_absent_as_zero":
-        return np.nan_to_num(iou, nan=0.0).mean(axis=-1)
-    raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
 @dataclass(frozen=True)

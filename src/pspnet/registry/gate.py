@@ -28,7 +28,8 @@ import numpy as np
 
 from pspnet.config import RegisterConfig
 from pspnet.errors import PspnetError
-from pspnet.evaluate.scores import ImageScores, iou_from_sums, mean_iou
+from pspnet.evaluate.metrics import iou_from_sums, mean_iou
+from pspnet.evaluate.scores import ImageScores
 
 PROMOTED = "promoted"
 REJECTED = "rejected"

@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from pspnet import io
 from pspnet.config import Params
 from pspnet.errors import PspnetError
+from pspnet.evaluate.metrics import json_float
 from pspnet.evaluate.scores import ImageScores
 from pspnet.registry.gate import PROMOTED, REJECTED, GateResult, decide
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, setup_mlflow
@@ -492,6 +492,4 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return json_float(value) if isinstance(value, float) else value
