@@ -257,6 +257,15 @@ class EvaluateConfig(StrictModel):
     """Validation-set scoring, plots and overlays (``evaluate`` stage)."""
 
     #: Images per forward pass; a batch whose images differ in size runs as same-size sub-batches.
+    #: Save the whole training state (resume checkpoint) every this many optimisation steps,
+    #: atomically, under ``<paths.models>/train_state/``; 0 turns it off. A SIGTERM / SIGINT
+    #: also saves one before the run stops.
+    checkpoint_every_n_steps: NonNegativeInt = 100
+    #: Resume checkpoints kept (the newest ones); an unreadable newest one falls back to the next.
+    keep_checkpoints: PositiveInt = 2
+    #: ``auto``: continue from the newest resume checkpoint of the same configuration and data,
+    #: if there is one; ``never``: always start from scratch.
+    resume: Literal["auto", "never"] = "auto"
     #: In ``slide`` mode also the most windows per forward pass when a batch holds fewer images.
     batch_size: PositiveInt = 8
     #: Inference mode: ``whole`` runs the full image in one pass; ``slide`` runs a sliding window

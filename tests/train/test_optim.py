@@ -165,7 +165,7 @@ def test_train_one_epoch_steps_the_schedule_and_reports() -> None:
         sched,
         device=torch.device("cpu"),
         criterion=SegmentationCriterion(0.4),
-        on_step=lambda *a: seen.append(a),
+        on_step=lambda at, loss: seen.append((at.global_step, loss, at.lr)),
         progress=False,
     )
     assert stats.steps == 4 and stats.images == 8 and stats.global_step == 4

@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -101,23 +102,40 @@ def _step_losses(prepared: Path, params: Params) -> list[float]:
             device=CPU,
             criterion=criterion,
             epoch=epoch,
-            on_step=lambda _s, loss, _lr: losses.append(loss),
+            on_step=lambda _at, loss: losses.append(loss),
             progress=False,
         )
     return losses
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_seeded_runs_give_identical_losses(prepared: Path, num_workers: int) -> None:
-    """seed_everything + albumentations' seed + the loader's generator fix everything random:
-    initialisation, shuffling, scale / rotation / blur / flip / crop, dropout."""
-    params = _params(num_workers=num_workers, rotate_p=0.5, blur_p=0.5, seed=3)
+def test_seeded_runs_give_identical_losses_whatever_the_number_of_workers(prepared: Path) -> None:
+    """seed_everything + the per-sample augmentation seeds + the loader's own generator fix
+    everything random: initialisation, shuffling, scale / rotation / blur / flip / crop,
+    dropout; and the loader workers do not change any of it."""
+    params = _params(num_workers=0, rotate_p=0.5, blur_p=0.5, seed=3)
     first = _step_losses(prepared, params)
-    second = _step_losses(prepared, params)
     assert len(first) == 4
-    assert first == second
-    other = _step_losses(prepared, _params(num_workers=num_workers, rotate_p=0.5, blur_p=0.5, seed=4))
+    assert _step_losses(prepared, params) == first
+    assert _step_losses(prepared, _params(num_workers=2, rotate_p=0.5, blur_p=0.5, seed=3)) == first
+    other = _step_losses(prepared, _params(num_workers=0, rotate_p=0.5, blur_p=0.5, seed=4))
     assert other != first  # the seed does matter
+
+
+def test_augmentation_steps_draw_independent_random_numbers(prepared: Path) -> None:
+    """One shared stream for all steps: a flip and a blur with p=0.5 are not always applied
+    together (albumentations 2.0's Compose(seed=...) gives every step the same seed)."""
+    import albumentations as A
+
+    from pspnet.data.transforms import reseed
+
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    transform = A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)])
+    reseed(transform, 0)
+    outcomes = set()
+    for _ in range(64):
+        out = transform(image=image)["image"]
+        outcomes.add((bool(out[0, 0] in (image[0, 3], image[3, 3])), bool(out[0, 0] in (image[3, 0], image[3, 3]))))
+    assert outcomes == {(False, False), (True, False), (False, True), (True, True)}
 
 
 def test_stage_runs_the_full_recipe_and_logs_the_class_weights(

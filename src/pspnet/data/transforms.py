@@ -24,16 +24,23 @@ normalisation.
 Each transform is called as ``t(image=HxWx3 uint8, mask=HxW uint8)`` and returns a dict with
 ``image`` float32 ``(3,H,W)`` and ``mask`` ``(H,W)`` tensors.
 
-Randomness: albumentations 2.x has its own generators (it ignores the global seeds); they are
-seeded from ``train.seed`` here, and :func:`reseed` gives each DataLoader worker its own stream.
+Randomness: albumentations 2.x has its own generators (it ignores the global seeds).
+:func:`reseed` gives a pipeline ONE numpy and ONE Python generator shared by all its steps. (Not
+``A.Compose(seed=...)``: albumentations 2.0 then gives every step its own generator with the
+same seed, so the steps' random draws coincide: two flips with ``p=0.5`` fire together or not
+at all.) The training loop reseeds the pipeline for every sample from (seed, epoch, position)
+(:mod:`pspnet.train.sampling`), so augmentation does not depend on the number of loader
+workers and a run resumed mid-epoch repeats it exactly.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import albumentations as A
 import cv2
+import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from pspnet.config import Params
@@ -108,7 +115,9 @@ def train_transform(params: Params) -> A.Compose:
         _normalize(params),
         ToTensorV2(),
     ]
-    return A.Compose(steps, seed=t.seed)
+    transform = A.Compose(steps)
+    reseed(transform, t.seed)
+    return transform
 
 
 def eval_transform(params: Params) -> A.Compose:
@@ -117,7 +126,8 @@ def eval_transform(params: Params) -> A.Compose:
 
 
 def reseed(transform: Any, seed: int) -> None:
-    """Give ``transform`` (an albumentations Compose) a fresh random stream; no-op otherwise."""
-    setter = getattr(transform, "set_random_seed", None)
+    """Give ``transform`` (an albumentations Compose) a fresh random stream from ``seed``: one
+    numpy and one Python generator that all its steps draw from in turn; no-op for anything else."""
+    setter = getattr(transform, "set_random_state", None)
     if callable(setter):
-        setter(seed)
+        setter(np.random.default_rng(seed), random.Random(seed))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,11 +21,42 @@ from tqdm.auto import tqdm
 from pspnet.errors import PspnetError
 from pspnet.train.loss import Outputs
 
-#: ``on_step(global_step, loss, lr)`` is called after every optimisation step (``lr``: the
-#: encoder group's rate that step used; the new layers' is ``head_lr_multiplier`` times it).
-StepCallback = Callable[[int, float, float], None]
 #: ``criterion(outputs, target) -> scalar loss`` (e.g. :class:`pspnet.train.loss.SegmentationCriterion`).
 Criterion = Callable[[Outputs, torch.Tensor], torch.Tensor]
+
+
+class TrainingDiverged(PspnetError):
+    """The loss stopped being finite; nothing of that step was applied to the weights."""
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands; updated after every step (what a resume checkpoint stores).
+
+    ``seconds`` counts the epoch's time in earlier sessions of a resumed run; ``lr`` is the
+    encoder group's rate the last step used.
+    """
+
+    epoch: int
+    global_step: int = 0
+    batches: int = 0
+    images: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    lr: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> EpochProgress:
+        return cls(**raw)
+
+
+#: ``on_step(progress, loss)`` is called after every optimisation step with the epoch's
+#: progress (``progress.global_step``, ``progress.lr``: the encoder group's rate that step used;
+#: the new layers' is ``head_lr_multiplier`` times it) and that step's loss.
+StepCallback = Callable[[EpochProgress, float], None]
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
@@ -65,6 +97,13 @@ class EpochStats:
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> EpochStats:
+        return cls(**raw)
+
 
 def train_one_epoch(
     model: nn.Module,
@@ -78,6 +117,7 @@ def train_one_epoch(
     epoch: int = 1,
     epochs: int = 1,
     global_step: int = 0,
+    resume_from: EpochProgress | None = None,
     on_step: StepCallback | None = None,
     progress: bool = True,
     amp: bool = False,
@@ -87,25 +127,26 @@ def train_one_epoch(
     ``criterion(outputs, mask)`` gives the loss. The BatchNorm layers of the ``frozen`` modules
     stay in eval mode. The progress bar shows the running mean loss, the current encoder LR,
     the rate and the ETA. ``amp`` runs the forward pass under bfloat16 autocast (weights,
-    gradients and the loss stay float32). Raises :class:`PspnetError` when the loss stops
-    being finite.
+    gradients and the loss stay float32). ``resume_from`` continues an epoch a resume
+    checkpoint interrupted (``loader`` then yields only its remaining batches; ``epoch`` and
+    ``global_step`` come from it). Raises :class:`TrainingDiverged` when the loss stops being
+    finite, before that step changes the weights.
     """
     set_train_mode(model, frozen)
     start = time.perf_counter()
-    total_loss = 0.0
-    steps = 0
-    images = 0
+    state = resume_from or EpochProgress(epoch=epoch, global_step=global_step, lr=optimizer.param_groups[0]["lr"])
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     bar = tqdm(
         loader,
-        total=total,
-        desc=f"epoch {epoch}/{epochs}",
+        total=None if total is None else state.batches + total,
+        initial=state.batches,
+        desc=f"epoch {state.epoch}/{epochs}",
         unit="step",
         disable=not progress,
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    lr = optimizer.param_groups[0]["lr"]
+    earlier_seconds = state.seconds
     for image, mask in bar:
         image = image.to(device, non_blocking=True)
         mask = mask.to(device, non_blocking=True)
@@ -114,33 +155,34 @@ def train_one_epoch(
         if amp:
             outputs = _to_float(outputs)
         loss = criterion(outputs, mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
         value = float(loss.detach())
-        global_step += 1
         if not math.isfinite(value):
-            raise PspnetError(
-                f"training diverged: loss is {value} at epoch {epoch}, step {global_step}. "
+            raise TrainingDiverged(
+                f"training diverged: loss is {value} at epoch {state.epoch}, step {state.global_step + 1}. "
                 "Lower train.lr or check the labels (ids must be < number of classes or the ignore index)."
             )
-        steps += 1
-        images += int(image.shape[0])
-        total_loss += value
-        bar.set_postfix(loss=f"{total_loss / steps:.4f}", lr=f"{lr:.2e}", refresh=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+        optimizer.step()
+        scheduler.step()
+        state.global_step += 1
+        state.batches += 1
+        state.images += int(image.shape[0])
+        state.loss_sum += value
+        state.seconds = earlier_seconds + time.perf_counter() - start
+        bar.set_postfix(loss=f"{state.loss_sum / state.batches:.4f}", lr=f"{state.lr:.2e}", refresh=False)
         if on_step is not None:
-            on_step(global_step, value, lr)
+            on_step(state, value)
     bar.close()
-    if steps == 0:
+    if state.batches == 0:
         raise PspnetError("the training loader yielded no batch; is train.batch_size larger than the train split?")
     return EpochStats(
-        epoch=epoch,
-        loss=total_loss / steps,
-        steps=steps,
-        images=images,
-        seconds=time.perf_counter() - start,
-        lr=lr,
-        global_step=global_step,
+        epoch=state.epoch,
+        loss=state.loss_sum / state.batches,
+        steps=state.batches,
+        images=state.images,
+        seconds=earlier_seconds + time.perf_counter() - start,
+        lr=state.lr,
+        global_step=state.global_step,
     )

@@ -7,7 +7,17 @@ Writes (relative to the project root):
 - ``metrics/train.json``: final_loss, epochs, steps, seconds (the training loop's),
   seconds_per_step, images_per_second, device, amp (whether bfloat16 autocast ran);
 - ``metrics/train_history.csv``: one row per epoch (epoch, step, loss, lr, seconds,
-  images_per_second), rewritten after every epoch so a crashed run keeps its curve.
+  images_per_second);
+- ``models/train_state/step-<N>.pt``: resume checkpoints (the whole training state) every
+  ``train.checkpoint_every_n_steps`` steps and on SIGTERM / SIGINT; removed once training
+  finishes (see :mod:`pspnet.train.resume`).
+
+Crash safety: the outputs above are written only when training finishes, each atomically, so
+a failed or interrupted run leaves the previous outputs untouched (its curve is in MLflow,
+logged live). ``train.resume: auto`` continues an interrupted run from its newest resume
+checkpoint, bit for bit on the CPU: same batches, augmentations, dropout masks and schedule.
+A non-finite loss stops training before that step touches the weights, keeping the last good
+resume checkpoint; a stop signal saves one and exits with code 128 + signal number.
 
 Recipe (see :mod:`pspnet.data.transforms`, :mod:`pspnet.train.optim`, :mod:`pspnet.train.loss`):
 augmentation, SGD with two LR groups, poly schedule after an optional warm-up, the
@@ -29,6 +39,7 @@ import io as _stdio
 import logging
 import random
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,13 +50,17 @@ from pspnet import io
 from pspnet.config import Params
 from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
-from pspnet.data.transforms import reseed, train_transform
+from pspnet.data.manifest import load_dataset_record
+from pspnet.data.transforms import train_transform
 from pspnet.device import resolve_device
 from pspnet.errors import DataError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model, count_parameters
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
-from pspnet.train.loop import EpochStats, train_one_epoch
+from pspnet.train.loop import EpochProgress, EpochStats, TrainingDiverged, train_one_epoch
+from pspnet.train.resume import STATE_DIR, SavedState, StateStore, capture_rng, fingerprint, fingerprint_fields, restore_rng
+from pspnet.train.sampling import EpochSampler, SeededSamples
+from pspnet.train.signals import StopRequest, TrainingInterrupted, ignore_stop_signals, stop_requests
 from pspnet.train.loss import Ohem, SegmentationCriterion, format_weights, resolve_class_weights
 from pspnet.train.optim import build_optimizer, build_scheduler, describe_groups, freeze_encoder
 
@@ -60,9 +75,8 @@ HISTORY_COLUMNS = ("epoch", "step", "loss", "lr", "seconds", "images_per_second"
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) and make cuDNN pick deterministic kernels.
 
-    Albumentations keeps its own generators: :func:`pspnet.data.transforms.train_transform`
-    seeds them from ``train.seed``, and the loader's generator (:func:`make_train_loader`)
-    fixes the shuffling and the per-worker seeds.
+    Albumentations keeps its own generators and the loader its own order: both are functions
+    of ``train.seed`` and the position in training (:mod:`pspnet.train.sampling`).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -90,28 +104,30 @@ def resolve_amp(setting: bool | str, device: torch.device) -> bool:
 
 
 def _worker_init(worker_id: int) -> None:
-    """Per-worker seeds derived from the loader's generator (so runs repeat, workers differ)."""
+    """Per-worker global seeds (the augmentation is reseeded per sample: :mod:`pspnet.train.sampling`);
+    workers leave SIGTERM / SIGINT to the main process, which saves a resume checkpoint first."""
+    ignore_stop_signals()
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        reseed(getattr(info.dataset, "transform", None), seed)
 
 
 def make_train_loader(dataset: SegmentationDataset, params: Params, device: torch.device) -> DataLoader:
-    """Shuffled, seeded loader; the last incomplete batch is dropped (BatchNorm in the PPM's
-    1x1 bin needs at least two images per batch)."""
+    """The train loader: shuffled per epoch from ``(train.seed, epoch)`` and each sample
+    augmented from ``(train.seed, epoch, position)`` (:class:`~pspnet.train.sampling.EpochSampler`;
+    call ``loader.sampler.set_epoch(epoch, start)`` before each epoch). The last incomplete
+    batch is dropped (BatchNorm in the PPM's 1x1 bin needs at least two images per batch)."""
     if len(dataset) < 2:
         raise DataError(f"the train split has {len(dataset)} sample(s); training needs at least 2.")
     t = params.train
     return DataLoader(
-        dataset,
+        SeededSamples(dataset),
         batch_size=min(t.batch_size, len(dataset)),
-        shuffle=True,
+        sampler=EpochSampler(len(dataset), t.seed),
         drop_last=True,
         num_workers=t.num_workers,
         worker_init_fn=_worker_init if t.num_workers > 0 else None,
+        # The loader's own generator (worker base seeds): the global torch RNG is left to dropout.
         generator=torch.Generator().manual_seed(t.seed),
         pin_memory=device.type == "cuda",
         persistent_workers=False,
@@ -154,6 +170,43 @@ def describe_recipe(params: Params, optimizer: torch.optim.Optimizer, criterion:
     )
 
 
+def _data_version(prepared: Path) -> str | None:
+    try:
+        return load_dataset_record(prepared).get("version")
+    except DataError:
+        return None
+
+
+def _all_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _open_run(saved: SavedState | None, experiment_id: str, tags: dict[str, str]) -> Any:
+    """The MLflow run to log into: the interrupted run when resuming (if the store has it), else a new one."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = saved.payload.get("mlflow_run_id") if saved is not None else None
+    if run_id:
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            log.warning("resume: MLflow run %s is not in this store; logging into a new run", run_id)
+    return mlflow.start_run(experiment_id=experiment_id, tags=tags)
+
+
+def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
+    """Log ``values`` as run params; a resumed run keeps its params and tags the changed ones."""
+    import mlflow
+
+    logged = mlflow.MlflowClient().get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in values.items() if k not in logged})
+    changed = {k: v for k, v in values.items() if k in logged and logged[k] != str(v)}
+    if changed:
+        mlflow.set_tags({f"resume.changed.{k}": str(v) for k, v in changed.items()})
+
+
 def train(params: Params, root: Path) -> dict[str, Any]:
     """Train PSPNet per ``params`` on ``root/params.paths.prepared`` (train split); see the module doc."""
     import mlflow
@@ -188,12 +241,65 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     models_dir = root / params.paths.models
     metrics_dir = root / params.paths.metrics
     checkpoint_path = models_dir / CHECKPOINT_FILE
+    store = StateStore(models_dir / STATE_DIR, t.keep_checkpoints)
+    store.remove_partial_writes()
+    fields = fingerprint_fields(params, dataset.ids, _data_version(prepared))
+    saved = store.latest(fields) if t.resume == "auto" else None
+    if saved is None:
+        store.clear()  # states of another configuration (or resume: never) would only mislead
+
     history: list[EpochStats] = []
     window: list[float] = []
+    resumes: list[int] = []
+    progress: EpochProgress | None = None
+    if saved is not None:
+        state = saved.payload
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        history = [EpochStats.from_json(h) for h in state["history"]]
+        window = list(state["window"])
+        resumes = [*state["resumes"], saved.global_step]
+        progress = EpochProgress.from_json(state["epoch_progress"])
+        log.info(
+            "resuming from %s: epoch %d/%d, %d of %d batches done, step %d",
+            saved.path, progress.epoch, t.epochs, progress.batches, steps_per_epoch, progress.global_step,
+        )  # fmt: skip
 
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags(root) | dataset_tags(prepared)) as run:
-        mlflow.log_params(params.to_flat_dict())
-        mlflow.log_params(
+    def save_state(run_id: str, at: EpochProgress) -> Path:
+        if not _all_finite(model):
+            raise TrainingDiverged(f"training diverged: non-finite weights after step {at.global_step}")
+        return store.save(
+            {
+                "fingerprint": fingerprint(fields),
+                "fingerprint_fields": fields,
+                "position": {"epoch": at.epoch, "batch": at.batches, "global_step": at.global_step},
+                "epoch_progress": at.to_json(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": None,  # bfloat16 autocast needs no gradient scaler
+                "rng": capture_rng(),
+                "history": [h.to_json() for h in history],
+                "window": list(window),
+                "resumes": list(resumes),
+                "mlflow_run_id": run_id,
+            },
+            at.global_step,
+        )
+
+    def last_good() -> str:
+        files = store.files()
+        if not files:
+            return "No resume checkpoint was saved yet."
+        return f"The last good resume checkpoint is kept: {files[0]} (train.resume: auto continues from it when the settings match)."
+
+    with stop_requests() as stop, _open_run(saved, experiment_id, run_tags(root) | dataset_tags(prepared)) as run:
+        run_id = run.info.run_id
+        _log_params_once(run_id, params.to_flat_dict())
+        _log_params_once(
+            run_id,
             {
                 "data.num_classes": classes.num_classes,
                 "data.train_samples": len(dataset),
@@ -203,52 +309,66 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "model.num_parameters": count_parameters(model),
                 "model.trainable_parameters": count_parameters(model, trainable_only=True),
                 "train.class_weights_used": "none" if weights is None else format_weights(weights.tolist()),
-            }
+            },
         )
+        if resumes:
+            mlflow.set_tag("resumed_from_steps", ",".join(map(str, resumes)))
 
-        def on_step(step: int, loss: float, lr: float) -> None:
+        def on_step(at: EpochProgress, loss: float) -> None:
             window.append(loss)
-            if step % t.log_every_n_steps == 0:
-                mlflow.log_metrics({"step_loss": sum(window) / len(window), "step_lr": lr}, step=step)
+            if at.global_step % t.log_every_n_steps == 0:
+                mlflow.log_metrics({"step_loss": sum(window) / len(window), "step_lr": at.lr}, step=at.global_step)
                 window.clear()
+            if t.checkpoint_every_n_steps and at.global_step % t.checkpoint_every_n_steps == 0:
+                save_state(run_id, at)
+            _stop_if_requested(stop, lambda: save_state(run_id, at), at)
 
-        step = 0
         log.info(
             "training %s on %s (bfloat16 autocast %s): %d images, %d steps/epoch, %d epochs",
             params.model.encoder, device, "on" if amp else "off", len(dataset), steps_per_epoch, t.epochs,
         )
         log.info("%s", describe_recipe(params, optimizer, criterion, max_iter))
-        for epoch in range(1, t.epochs + 1):
-            stats = train_one_epoch(
-                model,
-                loader,
-                optimizer,
-                scheduler,
-                device=device,
-                criterion=criterion,
-                frozen=frozen,
-                epoch=epoch,
-                epochs=t.epochs,
-                global_step=step,
-                on_step=on_step,
-                amp=amp,
-            )
-            step = stats.global_step
-            history.append(stats)
-            log.info(
-                "epoch %d/%d: loss %.4f, lr %.3g, %.1f s (%.1f images/s)",
-                epoch, t.epochs, stats.loss, stats.lr, stats.seconds, stats.images_per_second,
-            )
-            mlflow.log_metrics(
-                {
-                    "train_loss": stats.loss,
-                    "lr": stats.lr,
-                    "epoch_seconds": stats.seconds,
-                    "images_per_second": stats.images_per_second,
-                },
-                step=epoch,
-            )
-            io.write_text(metrics_dir / HISTORY_FILE, _history_csv(history))
+        first_epoch = progress.epoch if progress is not None else len(history) + 1
+        step = progress.global_step if progress is not None else (history[-1].global_step if history else 0)
+        try:
+            for epoch in range(first_epoch, t.epochs + 1):
+                resume_from = progress if progress is not None and progress.epoch == epoch else None
+                loader.sampler.set_epoch(epoch, (resume_from.batches if resume_from else 0) * loader.batch_size)
+                stats = train_one_epoch(
+                    model,
+                    loader,
+                    optimizer,
+                    scheduler,
+                    device=device,
+                    criterion=criterion,
+                    frozen=frozen,
+                    epoch=epoch,
+                    epochs=t.epochs,
+                    global_step=step,
+                    resume_from=resume_from,
+                    on_step=on_step,
+                    amp=amp,
+                )
+                step = stats.global_step
+                history.append(stats)
+                log.info(
+                    "epoch %d/%d: loss %.4f, lr %.3g, %.1f s (%.1f images/s)",
+                    epoch, t.epochs, stats.loss, stats.lr, stats.seconds, stats.images_per_second,
+                )
+                mlflow.log_metrics(
+                    {
+                        "train_loss": stats.loss,
+                        "lr": stats.lr,
+                        "epoch_seconds": stats.seconds,
+                        "images_per_second": stats.images_per_second,
+                    },
+                    step=epoch,
+                )
+        except TrainingInterrupted:
+            mlflow.end_run(status="KILLED")
+            raise
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err} {last_good()}") from None
 
         seconds = sum(h.seconds for h in history)
         images = sum(h.images for h in history)
@@ -261,6 +381,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "images_per_second": round(images / seconds, 3) if seconds > 0 else 0.0,
             "device": str(device),
             "amp": amp,
+            "resumed_from_steps": resumes,
         }
         meta = {
             "class_names": list(classes.names),
@@ -269,19 +390,37 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "epoch": t.epochs,
             "step": step,
             "final_loss": summary["final_loss"],
-            "mlflow_run_id": run.info.run_id,
+            "mlflow_run_id": run_id,
+            "resumed_from_steps": resumes,
         }
+        # The outputs are written only now, each atomically: a run that fails or stops earlier
+        # leaves the previous run's outputs as they were.
         save_checkpoint(checkpoint_path, model, params.model, classes.num_classes, meta)
+        io.write_text(metrics_dir / HISTORY_FILE, _history_csv(history))
         io.write_json(metrics_dir / TRAIN_METRICS_FILE, summary)
         mlflow.log_metrics({"final_loss": summary["final_loss"], "train_seconds": seconds})
         mlflow.log_artifact(str(checkpoint_path), artifact_path="checkpoint")
         mlflow.log_artifact(str(metrics_dir / TRAIN_METRICS_FILE), artifact_path="metrics")
         mlflow.log_artifact(str(metrics_dir / HISTORY_FILE), artifact_path="metrics")
-        ref = RunRef(run_id=run.info.run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
+        ref = RunRef(run_id=run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
         ref.save(models_dir / RUN_REF_FILE)
+    store.clear()  # finished: the final checkpoint supersedes the resume states
 
     return {
         **summary,
         "run_id": ref.run_id,
         "checkpoint": str(checkpoint_path.relative_to(root)) if checkpoint_path.is_relative_to(root) else str(checkpoint_path),
     }
+
+
+def _stop_if_requested(stop: StopRequest, save: Callable[[], Path], at: EpochProgress) -> None:
+    """After a step: on a pending SIGTERM / SIGINT, save a resume checkpoint and stop cleanly."""
+    if not stop:
+        return
+    path = save()
+    raise TrainingInterrupted(
+        f"training stopped by {stop.name} at epoch {at.epoch}, step {at.global_step}; the whole training "
+        f"state is saved in {path}. Run the train stage again (dvc repro) to continue from there "
+        "(train.resume: auto).",
+        int(stop.signum or 0),
+    )
