@@ -88,6 +88,19 @@ def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> Non
     assert ran_stages(third.stdout) == {"train", "evaluate", "register"}, third.stdout
     assert len(client.search_model_versions("name='pspnet'")) == 2
 
+    # A stage that fails leaves the previous outputs and dvc.lock as they were (persistent
+    # outputs, written atomically at the stage's end).
+    kept = ("models/checkpoint.pt", "models/mlflow_run.json", "metrics/train.json", "metrics/train_history.csv",
+            "metrics/eval.json", "metrics/per_image.npz", "reports/registry.json", "dvc.lock")  # fmt: skip
+    before = {name: (project / name).read_bytes() for name in kept}
+    params["model"]["encoder_weights"] = str(project / "missing-weights.pth")
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    failed = run(["dvc", "repro"], project, check=False)
+    assert failed.returncode != 0
+    assert "missing-weights.pth" in failed.stdout + failed.stderr
+    for name, content in before.items():
+        assert (project / name).read_bytes() == content, f"{name} changed after a failed stage"
+
 
 def test_planted_bad_sample_stops_the_pipeline(tiny_project: Path) -> None:
     project = tiny_project
