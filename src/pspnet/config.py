@@ -94,12 +94,27 @@ class SourceConfig(StrictModel):
         return self
 
 
+#: Default of ``data.max_image_pixels``: 40 megapixels, 19x a Cityscapes frame (2048 x 1024).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: PIL refuses to open any image above twice its own ``Image.MAX_IMAGE_PIXELS`` (89,478,485):
+#: the highest ``data.max_image_pixels`` that can take effect.
+PIL_PIXEL_CAP = 178_956_970
+
+
 class DataConfig(StrictModel):
     source: SourceConfig = SourceConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     ignore_index: Annotated[int, Field(ge=0, le=255)] = 255
     #: Threads that read, convert and write samples in ``prepare`` (and hash them).
     num_workers: Annotated[int, Field(ge=1, le=64)] = 4
+    #: Source images that are not RGB: ``convert`` makes exact conversions only (grey, 1-bit,
+    #: palette, and grey+alpha / palette / RGBA images whose alpha is fully opaque; counted in
+    #: ``dataset.json``) and rejects the rest (transparent pixels, 16-bit, CMYK ...);
+    #: ``reject`` rejects every non-RGB image. Rejected samples are listed in ``rejected.csv``.
+    non_rgb_images: Literal["convert", "reject"] = "convert"
+    #: Decompression-bomb guard: an image (source or prepared) whose header declares more pixels
+    #: than this is refused before it is decoded.
+    max_image_pixels: Annotated[int, Field(ge=1, le=PIL_PIXEL_CAP)] = DEFAULT_MAX_IMAGE_PIXELS
 
 
 class ValidateConfig(StrictModel):
@@ -125,6 +140,11 @@ class ValidateConfig(StrictModel):
     fail_on_shift: bool = False
     #: Data versions kept in ``<reports>/validation/history.json`` (for the version comparison).
     history_limit: PositiveInt = 20
+    #: ``false``: any failing sample fails the gate. ``true``: failing samples (and those
+    #: ``prepare`` rejected) are listed in ``<reports>/validation/quarantine.csv`` and skipped by
+    #: train / evaluate / register; the dataset-level checks run on the samples that remain
+    #: and still fail the gate.
+    quarantine: bool = False
 
 
 #: ResNets built from basic blocks; ``stem: auto`` keeps torchvision's stem for them.

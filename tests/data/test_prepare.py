@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -101,14 +102,42 @@ def test_failure_midway_leaves_the_previous_dataset_intact(tmp_path: Path, monke
     assert [p.name for p in folder.parent.iterdir()] == ["prepared"]
 
 
-def test_a_source_with_duplicate_ids_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repeated_and_invalid_ids_are_rejected_and_the_rest_prepared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(image).save(tmp_path / folder / "a.png")
+
     def duplicated(params: Params, folders: SourceFolders) -> SourceData:
-        image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
-        samples = [SampleRef("a", "train", lambda: (image, mask)), SampleRef("a", "val", lambda: (image, mask))]
-        return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 2)
+        samples = [
+            SampleRef("a", "train", lambda: (image, mask), (str(tmp_path / "x/a.png"),)),
+            SampleRef("bad id!", "train", lambda: (image, mask)),
+            SampleRef("a", "val", lambda: (image, mask), (str(tmp_path / "y/a.png"),)),
+            SampleRef("b", "val", lambda: (image, mask)),
+        ]
+        return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 4)
 
     _use_source(monkeypatch, duplicated)
-    with pytest.raises(prep.DataError, match="'a'.*same sample id"):
+    result = prep.prepare(_params(), tmp_path)
+    assert result["num_samples"] == 2 and result["rejected"] == 2
+    assert list(read_manifest(tmp_path / "data/prepared/manifest.csv")["id"]) == ["a", "b"]
+    rejected = pd.read_csv(tmp_path / "data/prepared/rejected.csv", dtype=str, keep_default_na=False)
+    assert list(rejected.columns) == ["id", "split", "files", "check", "problem", "fix"]
+    assert list(zip(rejected["id"], rejected["split"], rejected["check"])) == [
+        ("bad id!", "train", "invalid_id"), ("a", "val", "duplicate_id")
+    ]  # fmt: skip
+    assert rejected["problem"].iloc[1] == "y/a.png: same sample id 'a' as x/a.png"  # relative to the project root
+    assert "rename" in rejected["fix"].iloc[0] and "cannot be a file name" in rejected["problem"].iloc[0]
+
+
+def test_a_source_whose_every_sample_is_rejected_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def hopeless(params: Params, folders: SourceFolders) -> SourceData:
+        mask = np.zeros((8, 8), np.uint8)
+        samples = [SampleRef(f"s{i}", "train", lambda: (np.zeros((8, 8), np.float32), mask)) for i in range(2)]
+        return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 2)
+
+    _use_source(monkeypatch, hopeless)
+    with pytest.raises(prep.DataError, match=r"every sample of source 'synthetic' was rejected \(2\)"):
         prep.prepare(_params(), tmp_path)
     assert not (tmp_path / "data/prepared").exists()
 
@@ -122,9 +151,9 @@ def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypat
     written: list[str] = []
     real_write = prep.write_sample
 
-    def recording_write(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
+    def recording_write(folder: Path, ref: SampleRef, source: str, options: prep.WriteOptions) -> tuple:
         try:
-            return real_write(folder, ref, source)
+            return real_write(folder, ref, source, options)
         finally:
             with lock:
                 written.append(ref.id)

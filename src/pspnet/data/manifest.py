@@ -1,7 +1,8 @@
 """The manifest (``manifest.csv``): one row per sample, the index of the prepared dataset.
 
 Columns: ``id`` (unique across the dataset), ``split`` (``train``/``val``/...), ``image`` and
-``mask`` (paths relative to the prepared directory).
+``mask`` (paths relative to the prepared directory). Next to it, ``rejected.csv`` lists the
+source samples ``prepare`` could not convert (:data:`REJECTED_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ MANIFEST_FILE = "manifest.csv"
 #: The prepared dataset's record, next to the manifest: source, inputs, expectations, data version.
 DATASET_FILE = "dataset.json"
 COLUMNS = ("id", "split", "image", "mask")
+#: The source samples ``prepare`` could not convert (always written, maybe empty): one row each.
+REJECTED_FILE = "rejected.csv"
+#: ``files``: the sample's source files (joined by :data:`FILES_SEPARATOR`); ``check``: a short
+#: code (``unreadable_file``, ``too_large``, ``missing_pair`` ...: see
+#: :mod:`pspnet.data.sources.base` and :mod:`pspnet.data.imagefiles`); ``problem``: what is wrong,
+#: starting with the offending file; ``fix``: what to do about it.
+REJECTED_COLUMNS = ("id", "split", "files", "check", "problem", "fix")
+FILES_SEPARATOR = " ; "
 
 
 def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
@@ -39,6 +48,25 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         raise DataError(f"{path}: manifest lacks column(s) {sorted(missing)}; expected {list(COLUMNS)}. Re-run `prepare`.")
+    return frame
+
+
+def write_rejected(path: str | Path, rows: pd.DataFrame) -> None:
+    """Atomically write ``rejected.csv`` (header only when nothing was rejected)."""
+    with io.atomic_path(path) as tmp:
+        rows.reindex(columns=list(REJECTED_COLUMNS)).to_csv(tmp, index=False)
+
+
+def read_rejected(prepared_dir: str | Path) -> pd.DataFrame:
+    """The rejected samples of a prepared dataset; empty when it has no ``rejected.csv`` (a
+    dataset prepared before the file existed)."""
+    path = Path(prepared_dir) / REJECTED_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=list(REJECTED_COLUMNS), dtype=str)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = set(REJECTED_COLUMNS) - set(frame.columns)
+    if missing:
+        raise DataError(f"{path}: lacks column(s) {sorted(missing)}; expected {list(REJECTED_COLUMNS)}. Re-run `prepare`.")
     return frame
 
 

@@ -5,30 +5,44 @@ The prepared form, under ``params.paths.prepared``::
     images/<id>.png|.jpg  RGB (an RGB PNG or JPEG source file is copied byte for byte)
     masks/<id>.png        mode L, class ids, ``data.ignore_index`` (255) = ignore
     manifest.csv          id, split, image, mask (paths relative to the prepared folder)
+    rejected.csv          id, split, files, check, problem, fix: the source samples that could
+                          not be converted (always written, maybe empty)
     classes.json          class names, display colours, ignore index
     dataset.json          the source (name, location, raw data version), what its definition
-                          promises (image sizes; checked by ``validate``) and ``version``: a
-                          content hash of every file above, logged as an MLflow run tag
+                          promises (image sizes; checked by ``validate``), how many samples were
+                          rejected, how many images were converted to RGB (by source mode), and
+                          ``version``: a content hash of the samples' files, the manifest and
+                          the class table, logged as an MLflow run tag
 
 A *source adapter* (:mod:`pspnet.data.sources`) knows one dataset layout: it lists the
 samples, each with a function that reads it and maps its labels to ours. The writer below
 knows nothing of any layout: ``data.num_workers`` threads read, convert, write and hash the
 samples (a bounded window of them at a time, so memory stays flat however large the dataset),
-with a progress bar. Problems in the source files are collected (up to
-``validate.max_failures_listed``) and reported together, each naming its file. The whole tree
-is built in a temp folder and swapped in at the end (:func:`pspnet.io.atomic_dir`): a failure
-never leaves a half-written dataset behind.
+with a progress bar.
+
+A problem of one sample does not stop the stage: the sample is left out and becomes a row of
+``rejected.csv`` naming its file, the problem and the fix, and ``validate`` fails on it (or
+quarantines it). Before anything is decoded, each source file must stay inside the dataset's
+folder (no symlink or ``..`` leading out), be non-empty, be what its suffix says and declare
+at most ``data.max_image_pixels`` pixels. Images are then decoded in full (a truncated file is
+caught here) and non-RGB ones follow ``data.non_rgb_images``. Problems of the dataset itself
+(a missing folder, a bad class file, no sample at all) still raise. The whole tree is built in
+a temp folder and swapped in at the end (:func:`pspnet.io.atomic_dir`): a failure never leaves
+a half-written dataset behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io as _bytes_io
+import logging
+import os
 import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -39,13 +53,35 @@ from PIL import Image
 from tqdm import tqdm
 
 from pspnet import io
-from pspnet.config import Params
+from pspnet.config import DEFAULT_MAX_IMAGE_PIXELS, Params
 from pspnet.data.classes import CLASSES_FILE
+from pspnet.data.imagefiles import OUTSIDE_ROOT, UNREADABLE, FileProblem, check_file, check_pixels, outside
 from pspnet.data.location import raw_inputs, raw_version, resolve_input
-from pspnet.data.manifest import DATASET_FILE, MANIFEST_FILE, write_manifest
+from pspnet.data.manifest import (
+    COLUMNS,
+    DATASET_FILE,
+    FILES_SEPARATOR,
+    MANIFEST_FILE,
+    REJECTED_COLUMNS,
+    REJECTED_FILE,
+    write_manifest,
+    write_rejected,
+)
 from pspnet.data.sources import get_adapter
-from pspnet.data.sources.base import ImageData, SampleRef, SourceData, SourceFolders
+from pspnet.data.sources.base import (
+    DUPLICATE_ID,
+    IMAGE_MODE,
+    INVALID_ID,
+    OTHER,
+    ImageData,
+    SampleError,
+    SampleRef,
+    SourceData,
+    SourceFolders,
+)
 from pspnet.errors import DataError
+
+log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
@@ -56,26 +92,105 @@ COPIED_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 SAMPLE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Samples in flight per worker thread (bounds memory: at most workers x this are loaded).
 IN_FLIGHT_PER_WORKER = 4
+#: The project's DVC cache: raw files may be symlinks into it (``cache.type: symlink``).
+DVC_CACHE_DIR = ".dvc/cache"
+#: ``data.non_rgb_images`` values.
+CONVERT, REJECT = "convert", "reject"
+RGB_MODE = "RGB"
+#: Modes converted to RGB exactly: each pixel's value is its grey level or palette colour.
+OPAQUE_MODES = ("1", "L")
+#: Modes with an alpha channel (or palette transparency): exact only when every pixel is opaque.
+ALPHA_MODES = ("P", "LA", "La", "PA", "RGBA", "RGBa")
+OPAQUE = 255
+#: What the messages call the image modes.
+MODE_NAMES = {
+    "1": "1-bit black and white", "L": "8-bit grey", "P": "palette", "LA": "grey + alpha", "La": "grey + alpha",
+    "PA": "palette + alpha", "RGBA": "RGB + alpha", "RGBa": "RGB + alpha", "CMYK": "CMYK", "YCbCr": "YCbCr",
+    "LAB": "L*a*b*", "HSV": "HSV", "I": "32-bit integer", "F": "32-bit float", "I;16": "16-bit grey",
+    "I;16B": "16-bit grey", "I;16L": "16-bit grey", "I;16N": "16-bit grey",
+}  # fmt: skip
+#: Modes whose values need a scaling choice to become 8 bits (prefix match: I;16, I;16B ...).
+DEEP_MODE_PREFIXES = ("I", "F")
+#: Errors PIL raises while decoding a damaged file.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
-def _check_id(ref: SampleRef, source: str, seen: dict[str, SampleRef]) -> None:
-    """Refuse ids the writer cannot store (a file name) or that repeat, naming the files."""
-    where = f"{ref.files[0]}: sample {ref.id!r}" if ref.files else f"source {source!r}, sample {ref.id!r}"
+@dataclass(frozen=True)
+class WriteOptions:
+    """How the writer treats source files (from ``params.data``).
+
+    ``roots``: the folders source files must resolve inside (symlinks followed); empty: no check.
+    """
+
+    non_rgb_images: str = CONVERT
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_params(cls, params: Params, roots: tuple[Path, ...] = ()) -> WriteOptions:
+        return cls(params.data.non_rgb_images, params.data.max_image_pixels, roots)
+
+
+@dataclass
+class Converted:
+    """What the writer produced: the manifest rows (with file md5s), the rejected samples
+    (:data:`~pspnet.data.manifest.REJECTED_COLUMNS`) and ``{source image mode: count}`` of the
+    images converted to RGB."""
+
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    conversions: dict[str, int]
+
+    def messages(self) -> list[str]:
+        """One line per rejected sample: ``<file>: <problem>. Fix: <fix>.``"""
+        return [f"{row.problem}. Fix: {row.fix}." for row in self.rejected.itertuples()]
+
+
+def _id_problem(ref: SampleRef, source: str, seen: dict[str, SampleRef]) -> SampleError | None:
+    """Why the writer cannot store ``ref`` under its id (not a file name, or repeated), naming the files."""
+    where = ref.files[0] if ref.files else f"source {source!r}"
     if not SAMPLE_ID_PATTERN.fullmatch(ref.id):
-        raise DataError(
-            f"{where}: the id becomes a file name; use only letters, digits, '.', '_' and '-'. Fix: rename the file."
+        return SampleError(
+            where,
+            INVALID_ID,
+            f"sample id {ref.id!r} cannot be a file name (only letters, digits, '.', '_' and '-')",
+            "rename the file",
         )
     if ref.id in seen:
-        other = ", ".join(seen[ref.id].files) or "generated"
-        raise DataError(f"{where}: same sample id as {other}. Fix: rename or remove one of them.")
+        other = ", ".join(seen[ref.id].files) or "a generated sample"
+        return SampleError(
+            where, DUPLICATE_ID, f"same sample id {ref.id!r} as {other}", "rename or remove one of them (ids are unique across splits)"
+        )
+    return None
 
 
 def _check_arrays(ref: SampleRef, image: ImageData, mask: np.ndarray, source: str) -> None:
     where = f"source {source!r}, sample {ref.id!r}"
-    if isinstance(image, np.ndarray) and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
-        raise DataError(f"{where}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}. Fix the source adapter.")
+    grey_or_rgb = image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3) if isinstance(image, np.ndarray) else True
+    if isinstance(image, np.ndarray) and (image.dtype != np.uint8 or not grey_or_rgb):
+        raise DataError(f"{where}: image must be uint8 (H, W, 3) or (H, W), got {image.dtype} {image.shape}. Fix the source adapter.")
     if mask.dtype != np.uint8 or mask.ndim != 2:
         raise DataError(f"{where}: mask must be uint8 (H, W) class ids, got {mask.dtype} {mask.shape}. Fix the source adapter.")
+
+
+def check_source_files(ref: SampleRef, options: WriteOptions) -> None:
+    """Before anything is decoded: every file of ``ref`` stays inside the dataset, is not empty,
+    is what its suffix says, and declares at most ``max_image_pixels`` pixels."""
+    for name in ref.files:
+        path = Path(name)
+        real = outside(path, options.roots) if options.roots else None
+        if real is not None:
+            roots = ", ".join(str(r) for r in options.roots)
+            raise SampleError(
+                path,
+                OUTSIDE_ROOT,
+                f"resolves to {real}, outside the dataset folder ({roots}): a symlink or a '..' path leads out of it",
+                "copy the file into the dataset folder (or point data.source.location at the folder that holds it)",
+            )
+        try:
+            check_file(path, options.max_image_pixels)
+        except FileProblem as err:
+            raise SampleError(path, err.check, err.problem, err.fix) from None
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -85,31 +200,95 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _image_bytes(image: ImageData) -> tuple[bytes, str]:
-    """(file bytes, suffix) of the prepared image: an RGB PNG / JPEG file as is, else an RGB PNG."""
+def _not_rgb(where: Path | str, mode: str, policy: str) -> SampleError | None:
+    """The rejection of a ``mode`` image under ``policy``, or ``None`` when it converts exactly."""
+    name = f"mode {mode} ({MODE_NAMES.get(mode, 'not RGB')})"
+    if policy == REJECT:
+        return SampleError(
+            where,
+            IMAGE_MODE,
+            f"image is {name}, not RGB, and data.non_rgb_images is 'reject'",
+            "convert it to 8-bit RGB, or set data.non_rgb_images: convert in params.yaml (exact conversions only)",
+        )
+    if mode in OPAQUE_MODES or mode in ALPHA_MODES:
+        return None
+    if mode.startswith(DEEP_MODE_PREFIXES):
+        fix = "convert it to 8-bit RGB with the intensity scaling you intend (the folder source also reads float images in [0, 1] as .npy)"
+    else:
+        fix = "convert it to RGB with its colour profile (e.g. in an image editor) and save it as PNG or JPEG"
+    return SampleError(where, IMAGE_MODE, f"image is {name}, which has no exact RGB equivalent", fix)
+
+
+def _opaque_rgb(rgba: np.ndarray, where: Path | str, mode: str) -> np.ndarray:
+    """The RGB channels of an (H, W, 4) array whose alpha is fully opaque; else a rejection."""
+    transparent = int((rgba[..., 3] < OPAQUE).sum())
+    if transparent:
+        raise SampleError(
+            where,
+            IMAGE_MODE,
+            f"image is mode {mode} ({MODE_NAMES.get(mode, 'with alpha')}) and {transparent} of {rgba.shape[0] * rgba.shape[1]} "
+            "pixels are (partly) transparent: the colour under transparency is undefined",
+            "flatten it onto the background you intend and save it as RGB (PNG or JPEG), or remove the sample",
+        )
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def image_bytes(image: ImageData, options: WriteOptions, where: str = "image array") -> tuple[bytes, str, str | None]:
+    """(file bytes, suffix, converted-from mode or ``None``) of the prepared image.
+
+    An RGB PNG / JPEG file is copied as is (after decoding it fully: a damaged file is rejected
+    here, naming the source file); other images follow ``data.non_rgb_images`` (see
+    :class:`~pspnet.config.DataConfig`) and become RGB PNGs. ``where`` names a decoded array's
+    source in errors.
+    """
     if isinstance(image, np.ndarray):
-        return _png_bytes(image), ".png"
+        if image.ndim == 3:
+            return _png_bytes(image), ".png", None
+        problem = _not_rgb(where, "L", options.non_rgb_images)
+        if problem is not None:
+            raise problem
+        return _png_bytes(np.repeat(image[..., None], 3, axis=2)), ".png", "L"
     data = image.read_bytes()
     try:
         with Image.open(_bytes_io.BytesIO(data)) as img:
-            if img.mode == "RGB" and img.format in COPIED_FORMATS:
-                return data, COPIED_FORMATS[img.format]
-            return _png_bytes(np.asarray(img.convert("RGB"))), ".png"
-    except (OSError, ValueError) as err:
-        raise DataError(f"{image}: cannot read the image ({err}). Fix: replace or remove the file.") from None
+            check_pixels(img.width, img.height, options.max_image_pixels)
+            mode, source_format = img.mode, img.format
+            problem = None if mode == RGB_MODE else _not_rgb(image, mode, options.non_rgb_images)
+            if problem is not None:
+                raise problem
+            img.load()  # decode it all: a truncated or corrupt file fails here
+            if mode == RGB_MODE:
+                if source_format in COPIED_FORMATS:
+                    return data, COPIED_FORMATS[source_format], None
+                return _png_bytes(np.asarray(img)), ".png", None
+            if mode in OPAQUE_MODES:
+                return _png_bytes(np.asarray(img.convert(RGB_MODE))), ".png", mode
+            return _png_bytes(_opaque_rgb(np.asarray(img.convert("RGBA")), image, mode)), ".png", mode
+    except FileProblem as err:
+        raise SampleError(image, err.check, err.problem, err.fix) from None
+    except DECODE_ERRORS as err:
+        raise SampleError(
+            image,
+            UNREADABLE,
+            f"cannot decode the image ({type(err).__name__}: {err}): the file is damaged (truncated or corrupt)",
+            "replace it with an intact copy, or remove the sample",
+        ) from None
 
 
-def write_sample(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
-    """Read one sample, write its image and mask under ``folder``; its manifest row + file md5s."""
+def write_sample(folder: Path, ref: SampleRef, source: str, options: WriteOptions = WriteOptions()) -> tuple[dict[str, str], str | None]:
+    """Check, read and write one sample under ``folder``: (its manifest row + file md5s, the mode its
+    image was converted from or ``None``). Problems of the sample raise :class:`SampleError`."""
+    check_source_files(ref, options)
     image, mask = ref.load()
     _check_arrays(ref, image, mask, source)
-    image_data, suffix = _image_bytes(image)
+    where = ref.files[0] if ref.files else f"source {source!r}, sample {ref.id!r}"
+    image_data, suffix, converted = image_bytes(image, options, where)
     mask_data = _png_bytes(mask)
     image_rel = f"{IMAGES_DIR}/{ref.id}{suffix}"
     mask_rel = f"{MASKS_DIR}/{ref.id}{MASK_SUFFIX}"
     io.write_bytes(folder / image_rel, image_data)
     io.write_bytes(folder / mask_rel, mask_data)
-    return {
+    row = {
         "id": ref.id,
         "split": ref.split,
         "image": image_rel,
@@ -117,6 +296,7 @@ def write_sample(folder: Path, ref: SampleRef, source: str) -> dict[str, str]:
         "image_md5": hashlib.md5(image_data).hexdigest(),
         "mask_md5": hashlib.md5(mask_data).hexdigest(),
     }
+    return row, converted
 
 
 def _bounded(executor: ThreadPoolExecutor, refs: Iterable[SampleRef], window: int, fn: Any) -> Iterator[tuple[SampleRef, Future]]:
@@ -132,51 +312,102 @@ def _bounded(executor: ThreadPoolExecutor, refs: Iterable[SampleRef], window: in
         yield ref, future
 
 
-def _failure_message(source: str, failures: list[str], stopped: bool, limit: int) -> str:
-    head = f"prepare: source {source!r} has {len(failures)}{'+' if stopped else ''} problem(s)"
-    more = f" (stopped after {limit}; fix these and run again)" if stopped else ""
-    return "\n".join([head + more + "; nothing was written:", *(f"  - {f}" for f in failures)])
+def _relative(text: str, root: Path | None) -> str:
+    """``text`` with ``root/`` removed from the paths it holds (rows stay valid on another machine)."""
+    return text.replace(f"{root}{os.sep}", "") if root is not None else text
 
 
-def write_prepared(folder: Path, data: SourceData, source: str, num_workers: int, max_failures: int) -> pd.DataFrame:
-    """Write the canonical form of ``data`` into ``folder``; return the manifest (with file md5s)."""
+def rejected_row(ref: SampleRef, error: DataError, root: Path | None = None) -> dict[str, str]:
+    """The ``rejected.csv`` row of ``ref`` rejected by ``error`` (paths relative to ``root``)."""
+    if isinstance(error, SampleError):
+        check, problem, fix = error.check, f"{error.file}: {error.problem}", error.fix
+    else:  # an adapter's plain DataError: "<file>: <problem>. Fix: <fix>."
+        problem, _, fix = str(error).partition(" Fix: ")
+        check, fix = OTHER, fix or "replace or remove the sample's files"
+    return {
+        "id": ref.id,
+        "split": ref.split,
+        "files": _relative(FILES_SEPARATOR.join(ref.files), root),
+        "check": check,
+        "problem": _relative(problem.strip().rstrip("."), root),
+        "fix": _relative(fix.strip().rstrip("."), root),
+    }
+
+
+def convert_source(
+    folder: Path,
+    data: SourceData,
+    source: str,
+    num_workers: int,
+    options: WriteOptions = WriteOptions(),
+    root: Path | None = None,
+) -> Converted:
+    """Write the canonical form of ``data`` into ``folder``, rejecting bad samples one by one.
+
+    A sample whose files or content are bad (see :class:`SampleError`) becomes a row of
+    ``Converted.rejected`` (paths relative to ``root`` when given) and the others go on; any
+    other exception propagates. Samples are read ``num_workers`` at a time, a bounded window
+    of them in flight.
+    """
     (folder / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     (folder / MASKS_DIR).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
-    failures: list[str] = []
+    rejected: list[tuple[int, dict[str, str]]] = []
+    conversions: Counter[str] = Counter()
     seen: dict[str, SampleRef] = {}
+    order: dict[int, int] = {}  # id(ref) -> its position in the source, while it is in flight
+    progress = tqdm(total=data.total, desc=f"prepare {source}", unit="sample", mininterval=2.0)
 
     def checked(refs: Iterable[SampleRef]) -> Iterator[SampleRef]:
-        for ref in refs:
-            try:
-                _check_id(ref, source, seen)
-            except DataError as err:
-                failures.append(str(err))
+        for number, ref in enumerate(refs):
+            problem = _id_problem(ref, source, seen)
+            if problem is not None:
+                rejected.append((number, rejected_row(ref, problem, root)))
+                progress.update(1)
                 continue
             seen[ref.id] = ref
+            order[id(ref)] = number
             yield ref
 
-    progress = tqdm(total=data.total, desc=f"prepare {source}", unit="sample", mininterval=2.0)
     with ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="prepare") as pool:
         window = num_workers * IN_FLIGHT_PER_WORKER
-        for ref, future in _bounded(pool, checked(data.samples), window, lambda r: write_sample(folder, r, source)):
+        for ref, future in _bounded(pool, checked(data.samples), window, lambda r: write_sample(folder, r, source, options)):
             progress.update(1)
             error = future.exception()
             if isinstance(error, DataError):
-                failures.append(str(error))
+                rejected.append((order.pop(id(ref)), rejected_row(ref, error, root)))
             elif error is not None:
                 raise error
             else:
-                rows.append(future.result())
-            if len(failures) >= max_failures:
-                progress.close()
-                raise DataError(_failure_message(source, failures, True, max_failures))
+                order.pop(id(ref))
+                row, converted = future.result()
+                rows.append(row)
+                if converted is not None:
+                    conversions[converted] += 1
     progress.close()
-    if failures:
-        raise DataError(_failure_message(source, failures, False, max_failures))
-    if not rows:
-        raise DataError(f"prepare: source {source!r} yielded no samples. Fix data.source.location in params.yaml.")
-    return pd.DataFrame(rows)
+    rejected_rows = [row for _, row in sorted(rejected, key=lambda item: item[0])]
+    return Converted(
+        pd.DataFrame(rows, columns=[*COLUMNS, "image_md5", "mask_md5"]),
+        pd.DataFrame(rejected_rows, columns=list(REJECTED_COLUMNS)),
+        dict(sorted(conversions.items())),
+    )
+
+
+def _failure_message(head: str, messages: list[str], limit: int) -> str:
+    more = [f"  ... and {len(messages) - limit} more"] if len(messages) > limit else []
+    return "\n".join([head, *(f"  - {m}" for m in messages[:limit]), *more])
+
+
+def write_prepared(
+    folder: Path, data: SourceData, source: str, num_workers: int, max_failures: int, options: WriteOptions = WriteOptions()
+) -> pd.DataFrame:
+    """All or nothing: :func:`convert_source`'s manifest when every sample converts, else a
+    :class:`DataError` listing the rejected samples (at most ``max_failures`` of them)."""
+    converted = convert_source(folder, data, source, num_workers, options)
+    if len(converted.rejected):
+        head = f"prepare: source {source!r} has {len(converted.rejected)} problem(s); nothing was written:"
+        raise DataError(_failure_message(head, converted.messages(), max_failures))
+    return converted.manifest
 
 
 def content_version(manifest: pd.DataFrame, classes_json: bytes) -> str:
@@ -207,11 +438,23 @@ def source_folders(params: Params, root: Path) -> tuple[SourceFolders, dict[str,
     return folders, record
 
 
+def allowed_roots(data: SourceData, root: Path) -> tuple[Path, ...]:
+    """The folders the source's files may resolve into: its input folders (and the project's DVC
+    cache, which DVC may link raw files into); empty (no check) for a source without inputs."""
+    if not data.inputs:
+        return ()
+    cache = root / DVC_CACHE_DIR
+    return (*data.inputs, cache) if cache.is_dir() else tuple(data.inputs)
+
+
 def prepare(params: Params, root: Path) -> dict[str, Any]:
     """Stage ``prepare``: build ``root / params.paths.prepared`` from ``params.data.source``.
 
+    Samples that cannot be converted are left out and listed in ``rejected.csv`` (``validate``
+    fails on them, or quarantines them); a source without any convertible sample is an error.
     Returns ``{"prepared": path, "source": name, "num_samples": n, "splits": {split: n},
-    "num_classes": c, "version": content hash, "seconds": s}``.
+    "num_classes": c, "version": content hash, "rejected": n, "image_conversions": {mode: n},
+    "seconds": s}``.
     """
     start = time.perf_counter()
     root = Path(root).resolve()
@@ -219,11 +462,17 @@ def prepare(params: Params, root: Path) -> dict[str, Any]:
     folders, inputs = source_folders(params, root)
     data = get_adapter(name)(params, folders)
     target = root / params.paths.prepared
+    options = WriteOptions.from_params(params, allowed_roots(data, root))
     with io.atomic_dir(target) as tmp:
-        manifest = write_prepared(
-            tmp, data, name, params.data.num_workers, params.validate_.max_failures_listed
-        )
+        converted = convert_source(tmp, data, name, params.data.num_workers, options, root)
+        manifest, rejected = converted.manifest, converted.rejected
+        if manifest.empty:
+            if rejected.empty:
+                raise DataError(f"prepare: source {name!r} yielded no samples. Fix data.source.location in params.yaml.")
+            head = f"prepare: every sample of source {name!r} was rejected ({len(rejected)}); nothing was written:"
+            raise DataError(_failure_message(head, converted.messages(), params.validate_.max_failures_listed))
         write_manifest(tmp / MANIFEST_FILE, manifest)
+        write_rejected(tmp / REJECTED_FILE, rejected)
         data.classes.save(tmp / CLASSES_FILE)
         version = content_version(manifest, (tmp / CLASSES_FILE).read_bytes())
         splits = dict(Counter(manifest["split"]))
@@ -237,8 +486,19 @@ def prepare(params: Params, root: Path) -> dict[str, Any]:
                 "splits": splits,
                 "num_classes": data.classes.num_classes,
                 "version": version,
+                "num_rejected": len(rejected),
+                "non_rgb_images": options.non_rgb_images,
+                "image_conversions": converted.conversions,
             },
         )
+    if len(rejected):
+        log.warning(
+            "prepare: %d sample(s) of source %r rejected, listed in %s/%s; validate fails on them "
+            "unless validate.quarantine is true",
+            len(rejected), name, params.paths.prepared, REJECTED_FILE,
+        )  # fmt: skip
+    if converted.conversions:
+        log.info("prepare: images converted to RGB, by source mode: %s", converted.conversions)
     return {
         "prepared": params.paths.prepared,
         "source": name,
@@ -246,5 +506,7 @@ def prepare(params: Params, root: Path) -> dict[str, Any]:
         "splits": splits,
         "num_classes": data.classes.num_classes,
         "version": version,
+        "rejected": len(rejected),
+        "image_conversions": converted.conversions,
         "seconds": round(time.perf_counter() - start, 2),
     }

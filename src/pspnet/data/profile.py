@@ -1,10 +1,13 @@
 """Per-sample profile of a prepared dataset: the table the Great Expectations gate checks.
 
-One row per manifest row: does each file exist and decode, its mode, channels and size, do
-image and mask sizes agree, which label values the mask holds and which of them are neither
-a class id nor the ignore index, plus a human-readable ``problems`` column (what is wrong and
-how to fix it). Files are opened by a few threads in parallel, one sample at a time per
-thread: only small facts are kept, never the pixels.
+One row per manifest row: do its paths stay inside the prepared folder, does each file exist,
+declare at most ``data.max_image_pixels`` pixels (checked from the header, before decoding)
+and decode, its mode, channels and size, do image and mask sizes agree, which label values
+the mask holds and which of them are neither a class id nor the ignore index, plus a
+human-readable ``problems`` column (what is wrong and how to fix it). The samples ``prepare``
+rejected (``rejected.csv``) are added as rows with ``source_ok`` false (:func:`rejected_rows`).
+Files are opened by a few threads in parallel, one sample at a time per thread: only small
+facts are kept, never the pixels.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from pspnet.config import DEFAULT_MAX_IMAGE_PIXELS
 from pspnet.data.classes import ClassTable
+from pspnet.data.imagefiles import TOO_LARGE, FileProblem, escaping_entry, open_image
 from pspnet.data.manifest import MANIFEST_FILE, read_manifest
 
 #: Columns of the profile table, in order.
@@ -29,7 +34,12 @@ PROFILE_COLUMNS = (
     "split",
     "image",
     "mask",
+    "source_ok",
+    "source_check",
+    "source_files",
+    "paths_inside",
     "image_exists",
+    "image_within_limit",
     "image_readable",
     "image_error",
     "image_mode",
@@ -37,6 +47,7 @@ PROFILE_COLUMNS = (
     "image_height",
     "image_width",
     "mask_exists",
+    "mask_within_limit",
     "mask_readable",
     "mask_error",
     "mask_mode",
@@ -52,6 +63,10 @@ PROFILE_COLUMNS = (
 )
 #: Nullable dtypes, so "not applicable" (e.g. the size of an unreadable file) stays missing.
 _DTYPES = {
+    "source_ok": "boolean",
+    "paths_inside": "boolean",
+    "image_within_limit": "boolean",
+    "mask_within_limit": "boolean",
     "image_channels": "Int64",
     "image_height": "Int64",
     "image_width": "Int64",
@@ -61,8 +76,8 @@ _DTYPES = {
     "sizes_match": "boolean",
     "labels_valid": "boolean",
 }
-#: Mask modes that hold one integer class id per pixel.
-SINGLE_CHANNEL_MASK_MODES = ("L", "P", "I", "I;16")
+#: Modes of prepared masks: one 8-bit class id per pixel (``prepare`` writes ``L``).
+SINGLE_CHANNEL_MASK_MODES = ("L", "P")
 #: Separator of the entries of the ``problems`` column.
 PROBLEM_SEPARATOR = " | "
 
@@ -73,6 +88,8 @@ class FileFacts:
 
     exists: bool
     readable: bool = False
+    #: ``False`` when the header declares more pixels than the limit (then nothing is decoded).
+    within_limit: bool | None = None
     error: str = ""
     mode: str | None = None
     channels: int | None = None
@@ -81,12 +98,13 @@ class FileFacts:
     pixels: np.ndarray | None = None
 
 
-def inspect_file(path: Path, want_pixels: bool = False) -> FileFacts:
-    """Check that ``path`` exists and decodes fully (PIL ``verify`` then ``load``)."""
+def inspect_file(path: Path, want_pixels: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> FileFacts:
+    """Check that ``path`` exists, declares at most ``max_pixels`` pixels (from its header,
+    before decoding) and decodes fully (PIL ``verify`` then ``load``)."""
     if not path.is_file():
         return FileFacts(exists=False, error="file not found")
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             img.verify()
         with Image.open(path) as img:
             img.load()
@@ -94,14 +112,17 @@ def inspect_file(path: Path, want_pixels: bool = False) -> FileFacts:
             return FileFacts(
                 exists=True,
                 readable=True,
+                within_limit=True,
                 mode=img.mode,
                 channels=len(img.getbands()),
                 height=img.height,
                 width=img.width,
                 pixels=pixels,
             )
+    except FileProblem as err:
+        return FileFacts(exists=True, within_limit=err.check != TOO_LARGE, error=err.problem)
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files; all mean "unreadable"
-        return FileFacts(exists=True, error=f"{type(err).__name__}: {err}")
+        return FileFacts(exists=True, within_limit=True, error=f"{type(err).__name__}: {err}")
 
 
 def label_counts(mask: np.ndarray) -> dict[int, int]:
@@ -113,23 +134,34 @@ def label_counts(mask: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def _file_problems(kind: str, rel: str, facts: FileFacts) -> list[str]:
-    """Problems of one file: missing, undecodable."""
+def _file_problems(kind: str, rel: str, facts: FileFacts, escape: str | None) -> list[str]:
+    """Problems of one file: outside the prepared folder, missing, too large, undecodable."""
+    if escape is not None:
+        return [
+            f"{kind} path {rel!r} in manifest.csv {escape}: it leaves the prepared folder, so it was not opened. "
+            "Fix: manifest paths must be relative to the prepared folder and stay inside it; re-run `prepare`"
+        ]
     if not facts.exists:
         return [
             f"{kind} file {rel} not found (manifest column `{kind}`). "
             "Fix: restore the file, or drop the row from manifest.csv, or re-run `prepare`"
         ]
+    if facts.within_limit is False:
+        return [
+            f"{kind} file {rel}: {facts.error}. "
+            "Fix: re-run `prepare` (it refuses such source images), or raise data.max_image_pixels if the image is genuine"
+        ]
     if not facts.readable:
         return [
             f"{kind} file {rel} cannot be decoded ({facts.error}). "
-            "Fix: re-export it as a valid PNG, or re-run `prepare`"
+            "Fix: re-run `prepare` (it decodes every source file and rejects damaged ones); if the file was "
+            "changed after `prepare`, restore it"
         ]
     return []
 
 
-def _image_problems(rel: str, facts: FileFacts) -> list[str]:
-    problems = _file_problems("image", rel, facts)
+def _image_problems(rel: str, facts: FileFacts, escape: str | None) -> list[str]:
+    problems = _file_problems("image", rel, facts, escape)
     if facts.readable and facts.mode != "RGB":
         problems.append(
             f"image {rel} is mode {facts.mode!r} ({facts.channels} channel(s)), expected RGB. "
@@ -138,12 +170,13 @@ def _image_problems(rel: str, facts: FileFacts) -> list[str]:
     return problems
 
 
-def _mask_problems(rel: str, facts: FileFacts) -> list[str]:
-    problems = _file_problems("mask", rel, facts)
+def _mask_problems(rel: str, facts: FileFacts, escape: str | None) -> list[str]:
+    problems = _file_problems("mask", rel, facts, escape)
     if facts.readable and facts.mode not in SINGLE_CHANNEL_MASK_MODES:
+        what = "more than 8 bits per pixel" if facts.channels == 1 else f"{facts.channels} channel(s)"
         problems.append(
-            f"mask {rel} is mode {facts.mode!r} ({facts.channels} channel(s)), expected a single-channel class-id mask "
-            "(mode L). Fix: map its colours to class ids (one uint8 channel) in the source adapter"
+            f"mask {rel} is mode {facts.mode!r} ({what}), expected an 8-bit single-channel class-id mask "
+            "(mode L). Fix: store one uint8 class id per pixel (map colours to ids in the source adapter); re-run `prepare`"
         )
     return problems
 
@@ -168,18 +201,25 @@ def _label_problem(rel: str, invalid: list[int], classes: ClassTable) -> list[st
     ]
 
 
-def profile_sample(prepared_dir: Path, row: dict[str, str], classes: ClassTable) -> dict[str, Any]:
-    """The profile row of one manifest row (paths in the manifest are relative to ``prepared_dir``)."""
-    image = inspect_file(prepared_dir / row["image"])
-    mask = inspect_file(prepared_dir / row["mask"], want_pixels=True)
+def profile_sample(
+    prepared_dir: Path, row: dict[str, str], classes: ClassTable, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> dict[str, Any]:
+    """The profile row of one manifest row (paths in the manifest are relative to ``prepared_dir``).
+
+    A path that leaves ``prepared_dir`` (absolute, ``..``, a symlink out) is not opened.
+    """
+    escapes = {kind: escaping_entry(row[kind], prepared_dir) for kind in ("image", "mask")}
+    outside_facts = FileFacts(exists=False, error="outside the prepared folder")
+    image = outside_facts if escapes["image"] else inspect_file(prepared_dir / row["image"], max_pixels=max_pixels)
+    mask = outside_facts if escapes["mask"] else inspect_file(prepared_dir / row["mask"], True, max_pixels)
     single = mask.readable and mask.mode in SINGLE_CHANNEL_MASK_MODES and mask.pixels is not None and mask.pixels.ndim == 2
     counts = label_counts(mask.pixels) if single else {}
     allowed = set(range(classes.num_classes)) | {classes.ignore_index}
     invalid = sorted(v for v in counts if v not in allowed)
     both_readable = image.readable and mask.readable
     problems = (
-        _image_problems(row["image"], image)
-        + _mask_problems(row["mask"], mask)
+        _image_problems(row["image"], image, escapes["image"])
+        + _mask_problems(row["mask"], mask, escapes["mask"])
         + _size_problem(image, mask)
         + _label_problem(row["mask"], invalid, classes)
     )
@@ -188,7 +228,12 @@ def profile_sample(prepared_dir: Path, row: dict[str, str], classes: ClassTable)
         "split": row["split"],
         "image": row["image"],
         "mask": row["mask"],
+        "source_ok": True,
+        "source_check": "",
+        "source_files": "",
+        "paths_inside": not any(escapes.values()),
         "image_exists": image.exists,
+        "image_within_limit": image.within_limit,
         "image_readable": image.readable,
         "image_error": image.error,
         "image_mode": image.mode,
@@ -196,6 +241,7 @@ def profile_sample(prepared_dir: Path, row: dict[str, str], classes: ClassTable)
         "image_height": image.height,
         "image_width": image.width,
         "mask_exists": mask.exists,
+        "mask_within_limit": mask.within_limit,
         "mask_readable": mask.readable,
         "mask_error": mask.error,
         "mask_mode": mask.mode,
@@ -225,17 +271,43 @@ def _annotate_duplicate_ids(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile_dataset(
-    prepared_dir: str | Path, classes: ClassTable, *, num_workers: int = 4, progress: bool = True
+    prepared_dir: str | Path,
+    classes: ClassTable,
+    *,
+    num_workers: int = 4,
+    progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> pd.DataFrame:
     """Profile every sample of ``prepared_dir/manifest.csv``: one row each, in manifest order."""
-    prepared_dir = Path(prepared_dir)
+    prepared_dir = Path(prepared_dir).resolve()
     rows = read_manifest(prepared_dir / MANIFEST_FILE).to_dict("records")
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        results = pool.map(lambda row: profile_sample(prepared_dir, row, classes), rows)
+        results = pool.map(lambda row: profile_sample(prepared_dir, row, classes, max_pixels), rows)
         records = list(tqdm(results, total=len(rows), desc="profile", unit="sample", disable=not progress))
     frame = pd.DataFrame.from_records(records, columns=list(PROFILE_COLUMNS))
     frame = frame.astype(_DTYPES)
     return _annotate_duplicate_ids(frame)
+
+
+def rejected_rows(rejected: pd.DataFrame) -> pd.DataFrame:
+    """Profile rows for the samples ``prepare`` rejected (``rejected.csv``): ``source_ok`` false,
+    the problem and its fix in ``problems``, every file fact missing (nothing was prepared)."""
+    frame = pd.DataFrame(
+        {
+            "id": rejected["id"].astype(str),
+            "split": rejected["split"].astype(str),
+            "source_ok": False,
+            "source_check": rejected["check"].astype(str),
+            "source_files": rejected["files"].astype(str),
+            "label_counts": "{}",
+            "problems": [
+                f"rejected by prepare ({check}): {problem}. Fix: {fix}"
+                for check, problem, fix in zip(rejected["check"], rejected["problem"], rejected["fix"])
+            ],
+        },
+        columns=list(PROFILE_COLUMNS),
+    )
+    return frame.astype(_DTYPES)
 
 
 def problem_list(problems: str) -> list[str]:

@@ -1,11 +1,13 @@
 """The ``validate`` stage: a Great Expectations gate between ``prepare`` and ``train``.
 
-It profiles every sample (:mod:`pspnet.data.profile`) and checks three tables with Great
+It profiles every sample (:mod:`pspnet.data.profile`) and checks four tables with Great
 Expectations 1.x (ephemeral context, pandas data source, whole-dataframe batches, one
 expectation suite, validation definition and checkpoint per table):
 
-- ``samples``: one row per sample: files decode, RGB image, single-channel mask, equal
-  sizes, label values within the classes or the ignore index, unique ids, known splits;
+- ``samples``: one row per sample of the manifest, plus one per sample ``prepare`` rejected
+  (``rejected.csv``; check ``source_converts``): paths inside the prepared folder, files within
+  ``data.max_image_pixels`` and decoding, RGB image, 8-bit single-channel mask, equal sizes,
+  label values within the classes or the ignore index, unique ids, known splits;
 - ``splits``: one row per required split: it holds at least ``min_samples_per_split``;
 - ``classes``: one row per class: it appears in at least one train mask
   (when ``require_all_classes_in_train``);
@@ -19,9 +21,14 @@ The suite learns what to expect from the source's definition (``dataset.json``, 
 
 Each table's key column is ``id`` (sample id, split name, class name), so
 ``unexpected_index_column_names=["id"]`` names every offending row. It writes
-``reports/validation/summary.json`` and the Data Docs site (``data_docs/index.html``, with the
-per-sample table beside it as ``data_docs/profile.csv``), then raises :class:`DataError`
-listing every failure with its fix if anything failed: the report is always on disk first.
+``reports/validation/summary.json``, ``reports/validation/quarantine.csv`` and the Data Docs
+site (``data_docs/index.html``, with the per-sample table beside it as
+``data_docs/profile.csv``), then raises :class:`DataError` listing every failure with its fix
+if anything failed: the report is always on disk first.
+
+``validate.quarantine: true`` turns failing samples from gate failures into a quarantine list
+(:mod:`pspnet.data.quarantine`) that train / evaluate / register skip; the dataset-level
+tables are then computed on the samples that remain, and still fail the gate.
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ import pandas as pd
 from pspnet import io
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
-from pspnet.data.manifest import load_dataset_record
-from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset
+from pspnet.data.manifest import REJECTED_FILE, load_dataset_record, read_rejected
+from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset, rejected_rows
+from pspnet.data.quarantine import QUARANTINE_FILE, VALIDATION_DIR, effective_version, write_quarantine
+from pspnet.data.quarantine import SEPARATOR as QUARANTINE_SEPARATOR
 from pspnet.data.shift import (
     load_history,
     record_version,
@@ -54,7 +63,6 @@ from pspnet.errors import DataError
 
 log = logging.getLogger(__name__)
 
-VALIDATION_DIR = "validation"
 SUMMARY_FILE = "summary.json"
 HISTORY_FILE = "history.json"
 PROFILE_FILE = "profile.csv"
@@ -109,9 +117,34 @@ def sample_checks(params: Params) -> list[Check]:
 
     true = {"value_set": [True]}
     return [
+        Check(
+            "source_converts",
+            SAMPLES_TABLE,
+            "source_ok",
+            f"prepare converted the source sample (else it is listed in {REJECTED_FILE})",
+            IN_SET,
+            true,
+        ),
         Check("unique_ids", SAMPLES_TABLE, "id", "sample ids are unique", UNIQUE),
         Check(
             "known_split", SAMPLES_TABLE, "split", f"split is one of {known}", IN_SET, {"value_set": known}, unknown_split
+        ),
+        Check("paths_inside", SAMPLES_TABLE, "paths_inside", "manifest paths stay inside the prepared folder", IN_SET, true),
+        Check(
+            "image_pixel_limit",
+            SAMPLES_TABLE,
+            "image_within_limit",
+            f"image declares at most data.max_image_pixels ({params.data.max_image_pixels:,}) pixels",
+            IN_SET,
+            true,
+        ),
+        Check(
+            "mask_pixel_limit",
+            SAMPLES_TABLE,
+            "mask_within_limit",
+            f"mask declares at most data.max_image_pixels ({params.data.max_image_pixels:,}) pixels",
+            IN_SET,
+            true,
         ),
         Check("image_decodes", SAMPLES_TABLE, "image_readable", "image file exists and decodes", IN_SET, true),
         Check("mask_decodes", SAMPLES_TABLE, "mask_readable", "mask file exists and decodes", IN_SET, true),
@@ -120,7 +153,7 @@ def sample_checks(params: Params) -> list[Check]:
             "mask_single_channel",
             SAMPLES_TABLE,
             "mask_mode",
-            "mask is single-channel (class ids)",
+            "mask is 8-bit single-channel (class ids)",
             IN_SET,
             {"value_set": list(SINGLE_CHANNEL_MASK_MODES)},
         ),
@@ -387,16 +420,27 @@ def _outcomes(results: list[Any], checks: list[Check]) -> list[Outcome]:
     return outcomes
 
 
+class ExpectationRunner:
+    """One GE context whose Data Docs site is built in ``docs_dir``; tables are validated one
+    call at a time (the dataset-level tables depend on which samples failed)."""
+
+    def __init__(self, docs_dir: Path) -> None:
+        self.context = _context(docs_dir)
+        self.datasource = self.context.data_sources.add_pandas(name="pspnet")
+
+    def run(self, tables: dict[str, pd.DataFrame], checks: list[Check]) -> list[Outcome]:
+        """Validate every table with its checks."""
+        outcomes = []
+        for table, frame in tables.items():
+            table_checks = [c for c in checks if c.table == table]
+            if table_checks:
+                outcomes += _outcomes(_run_table(self.context, self.datasource, table, frame, table_checks), table_checks)
+        return outcomes
+
+
 def run_expectations(tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path) -> list[Outcome]:
     """Validate every table with its checks; the Data Docs site is built in ``docs_dir``."""
-    context = _context(docs_dir)
-    datasource = context.data_sources.add_pandas(name="pspnet")
-    outcomes = []
-    for table, frame in tables.items():
-        table_checks = [c for c in checks if c.table == table]
-        if table_checks:
-            outcomes += _outcomes(_run_table(context, datasource, table, frame, table_checks), table_checks)
-    return outcomes
+    return ExpectationRunner(docs_dir).run(tables, checks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,15 +493,17 @@ def error_message(
     report: str,
     docs: str,
     prepared: str = "the dataset",
+    note: str = "",
 ) -> str:
     """The :class:`DataError` text: each failing sample with its fixes, then each failed dataset check.
 
-    At most ``limit`` of each are listed; the rest are counted ("... and N more").
+    At most ``limit`` of each are listed; the rest are counted ("... and N more"). ``note`` is
+    added to the first line.
     """
     lines = [
         f"data validation of {prepared} failed: {len(failures)} failing sample(s), "
-        f"{len(dataset_failures)} failed dataset-level check(s) (sample file paths are relative to {prepared}). "
-        f"Report: {report}; Data Docs: {docs}"
+        f"{len(dataset_failures)} failed dataset-level check(s) (prepared file paths are relative to {prepared}, "
+        f"the source files of samples prepare rejected to the project root). Report: {report}; Data Docs: {docs}{note}"
     ]
     if failures:
         lines.append("Failing samples:")
@@ -479,17 +525,44 @@ def _write_profile(path: Path, profile: pd.DataFrame) -> None:
 
 
 def _fail_early(report_dir: Path, prepared: str, err: DataError) -> NoReturn:
-    """The dataset cannot even be profiled: write a summary saying why, drop stale docs, re-raise."""
+    """The dataset cannot even be profiled: write a summary saying why, an empty quarantine list,
+    drop stale docs, re-raise."""
     shutil.rmtree(report_dir / DOCS_DIR, ignore_errors=True)
+    write_quarantine(report_dir / QUARANTINE_FILE, [])
     io.write_json(report_dir / SUMMARY_FILE, {"success": False, "prepared": prepared, "error": str(err)})
     raise err
 
 
+def _sample_files(row: dict[str, Any], prepared: str) -> str:
+    """The files of a samples-table row: the source files of a rejected sample, else the prepared ones."""
+    if not row["source_ok"]:
+        return str(row["source_files"])
+    return QUARANTINE_SEPARATOR.join(f"{prepared}/{row[k]}" for k in ("image", "mask"))
+
+
+def quarantine_rows(samples: pd.DataFrame, failures: list[dict[str, Any]], prepared: str) -> list[dict[str, str]]:
+    """The ``quarantine.csv`` rows of the failing samples (every row of a repeated id)."""
+    by_id = {f["id"]: f for f in failures}
+    return [
+        {
+            "id": row["id"],
+            "split": row["split"],
+            "files": _sample_files(row, prepared),
+            "problems": QUARANTINE_SEPARATOR.join(by_id[row["id"]]["problems"]),
+        }
+        for row in samples[samples["id"].isin(by_id)].to_dict("records")
+    ]
+
+
 def _with_size_columns(profile: pd.DataFrame) -> pd.DataFrame:
-    """Add ``image_size`` ("HxW"), ``image_min_side`` and ``image_max_side`` to the profile."""
+    """Add ``image_size`` ("HxW", "unreadable"; missing for samples prepare rejected: their
+    check is ``source_converts``), ``image_min_side`` and ``image_max_side`` to the samples table."""
     heights, widths = profile["image_height"], profile["image_width"]
     return profile.assign(
-        image_size=[f"{h}x{w}" if pd.notna(h) else "unreadable" for h, w in zip(heights, widths)],
+        image_size=[
+            (f"{h}x{w}" if pd.notna(h) else "unreadable") if ok else None
+            for h, w, ok in zip(heights, widths, profile["source_ok"])
+        ],
         image_min_side=pd.concat([heights, widths], axis=1).min(axis=1, skipna=False).astype("Int64"),
         image_max_side=pd.concat([heights, widths], axis=1).max(axis=1, skipna=False).astype("Int64"),
     )
@@ -509,59 +582,97 @@ def _shift_frame(shifts: list[dict[str, Any]]) -> pd.DataFrame:
 def validate(params: Params, root: Path) -> dict[str, Any]:
     """Stage ``validate``: run the gate on ``root / params.paths.prepared``.
 
-    Writes ``<reports>/validation/summary.json`` and ``<reports>/validation/data_docs/``
-    (the GE site, built in a temp folder and swapped in whole, plus ``profile.csv``). Returns
-    a short summary; raises :class:`DataError` (after writing the report) if any check failed.
+    Writes ``<reports>/validation/summary.json``, ``<reports>/validation/quarantine.csv``
+    (see :mod:`pspnet.data.quarantine`) and ``<reports>/validation/data_docs/`` (the GE site,
+    built in a temp folder and swapped in whole, plus ``profile.csv``). The samples table holds
+    the manifest's samples and those ``prepare`` rejected. With ``validate.quarantine`` the
+    failing samples are quarantined instead of failing the gate, and the dataset-level tables
+    are computed on the samples that remain. Returns a short summary; raises
+    :class:`DataError` (after writing the report) if the gate failed.
     """
     start = time.perf_counter()
+    cfg = params.validate_
     root = Path(root).resolve()
     prepared_dir = root / params.paths.prepared
     report_dir = root / params.paths.reports / VALIDATION_DIR
     report_rel = f"{params.paths.reports}/{VALIDATION_DIR}"
     try:
         classes = ClassTable.load(prepared_dir / CLASSES_FILE)
-        profile = profile_dataset(prepared_dir, classes, num_workers=params.validate_.num_workers)
+        profile = profile_dataset(
+            prepared_dir, classes, num_workers=cfg.num_workers, max_pixels=params.data.max_image_pixels
+        )
+        rejected = read_rejected(prepared_dir)
     except DataError as err:
         _fail_early(report_dir, params.paths.prepared, err)
 
     dataset = load_dataset_record(prepared_dir)
     expect = Expectations.from_json(dataset.get("expect", {}))
-    profile = _with_size_columns(profile)
-    coverage = class_coverage(profile, classes)
-    histograms = split_histograms(coverage)
+    samples = _with_size_columns(pd.concat([profile, rejected_rows(rejected)], ignore_index=True) if len(rejected) else profile)
     history_path = report_dir / HISTORY_FILE
-    shifts = split_shift(histograms, classes.names) + version_shift(
-        load_history(history_path), dataset.get("version"), histograms, classes.names
-    )
-    tables = {
-        SAMPLES_TABLE: profile,
-        SPLITS_TABLE: split_table(profile, params.validate_.required_splits),
-        CLASSES_TABLE: class_table(profile, classes),
-        SHIFT_TABLE: _shift_frame(shifts),
-    }
-    checks = sample_checks(params) + source_checks(expect, dataset.get("source", "this source")) + dataset_checks(params)
-    checks += shift_checks(params)
     with io.atomic_dir(report_dir / DOCS_DIR) as docs_tmp:
-        outcomes = run_expectations(tables, checks, docs_tmp)
-        _write_profile(docs_tmp / PROFILE_FILE, profile)
+        runner = ExpectationRunner(docs_tmp)
+        checks = sample_checks(params) + source_checks(expect, dataset.get("source", "this source"))
+        sample_outcomes = runner.run({SAMPLES_TABLE: samples}, checks)
+        failures = failing_samples(samples, sample_outcomes)
+        quarantined = [f["id"] for f in failures] if cfg.quarantine else []
+        kept = profile[~profile["id"].isin(quarantined)]
+        coverage = class_coverage(kept, classes)
+        histograms = split_histograms(coverage)
+        shifts = split_shift(histograms, classes.names) + version_shift(
+            load_history(history_path), dataset.get("version"), histograms, classes.names
+        )
+        tables = {
+            SPLITS_TABLE: split_table(kept, cfg.required_splits),
+            CLASSES_TABLE: class_table(kept, classes),
+            SHIFT_TABLE: _shift_frame(shifts),
+        }
+        dataset_level = dataset_checks(params) + shift_checks(params)
+        outcomes = sample_outcomes + runner.run(tables, dataset_level)
+        checks += dataset_level
+        _write_profile(docs_tmp / PROFILE_FILE, samples)
+    tables[SAMPLES_TABLE] = samples
 
-    gate = [o for o in outcomes if o.check.table != SHIFT_TABLE or params.validate_.fail_on_shift]
-    warnings = failed_dataset_checks(tables, [o for o in outcomes if o not in gate])
+    def counts(outcome: Outcome) -> bool:
+        """Does this outcome decide the gate? (Quarantined sample failures and shift warnings do not.)"""
+        if outcome.check.table == SHIFT_TABLE:
+            return cfg.fail_on_shift
+        return outcome.check.table != SAMPLES_TABLE or not cfg.quarantine or outcome.error is not None
+
+    gate = [o for o in outcomes if counts(o)]
+    warnings = failed_dataset_checks(tables, [o for o in outcomes if o not in gate and o.check.table == SHIFT_TABLE])
     for warning in warnings:
         log.warning("validate: %s", warning)
-    failures = failing_samples(profile, gate)
+    gate_failures = [] if cfg.quarantine else failures
     dataset_failures = failed_dataset_checks(tables, gate)
-    success = all(o.success for o in gate) and not failures and not dataset_failures
+    success = all(o.success for o in gate) and not gate_failures and not dataset_failures
+    quarantine_file = report_dir / QUARANTINE_FILE
+    write_quarantine(quarantine_file, quarantine_rows(samples, failures, params.paths.prepared) if cfg.quarantine else [])
+    if quarantined:
+        log.warning(
+            "validate: %d failing sample(s) quarantined (validate.quarantine: true), listed in %s/%s: %s",
+            len(quarantined), report_rel, QUARANTINE_FILE, ", ".join(quarantined[: cfg.max_failures_listed]),
+        )  # fmt: skip
     summary = {
         "success": success,
         "prepared": params.paths.prepared,
         "source": dataset.get("source"),
         "data_version": dataset.get("version"),
+        "training_data_version": effective_version(dataset.get("version"), quarantined),
         "num_samples": len(profile),
+        "num_rejected": len(rejected),
+        "num_samples_used": len(kept),
         "counts_per_split": {str(k): int(v) for k, v in profile["split"].value_counts(sort=False).items()},
-        "image_sizes": {str(k): int(v) for k, v in profile["image_size"].value_counts().items()},
+        "counts_per_split_used": {str(k): int(v) for k, v in kept["split"].value_counts(sort=False).items()},
+        "image_sizes": {str(k): int(v) for k, v in samples["image_size"][: len(profile)].value_counts().items()},
+        "image_conversions": dataset.get("image_conversions", {}),
         "expectations": [o.to_json() for o in outcomes],
         "failing_samples": failures,
+        "quarantine": {
+            "enabled": cfg.quarantine,
+            "file": f"{report_rel}/{QUARANTINE_FILE}",
+            "count": len(quarantined),
+            "ids": quarantined,
+        },
         "failed_dataset_checks": dataset_failures,
         "warnings": warnings,
         "class_coverage": coverage,
@@ -573,26 +684,31 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
     if success:
         record_version(
             history_path,
-            {"version": dataset.get("version"), "source": dataset.get("source"), "num_samples": len(profile),
+            {"version": dataset.get("version"), "source": dataset.get("source"), "num_samples": len(kept),
              "histograms": histograms},
-            params.validate_.history_limit,
+            cfg.history_limit,
         )  # fmt: skip
     io.write_json(report_dir / SUMMARY_FILE, summary)
     if not success:
+        note = f"; {len(quarantined)} sample(s) quarantined, listed in {report_rel}/{QUARANTINE_FILE}" if quarantined else ""
         raise DataError(
             error_message(
-                failures,
+                gate_failures,
                 dataset_failures,
-                params.validate_.max_failures_listed,
+                cfg.max_failures_listed,
                 f"{report_rel}/{SUMMARY_FILE}",
                 summary["data_docs"],
                 params.paths.prepared,
+                note,
             )
         )
     return {
         "success": True,
         "num_samples": len(profile),
+        "num_samples_used": len(kept),
         "counts_per_split": summary["counts_per_split"],
+        "rejected": len(rejected),
+        "quarantined": len(quarantined),
         "expectations": len(outcomes),
         "warnings": len(warnings),
         "summary": f"{report_rel}/{SUMMARY_FILE}",

@@ -82,12 +82,20 @@ def inference_tag(cfg: EvaluateConfig) -> str:
 
 def split_dataset(params: Params, root: Path, model_cfg: ModelConfig) -> Any:
     """The scored split (:data:`SPLIT`) of the prepared data, normalised as ``model_cfg`` says
-    (the model's own training statistics, not necessarily today's params)."""
+    (the model's own training statistics, not necessarily today's params), without the samples
+    ``validate`` quarantined (:func:`pspnet.data.quarantine.excluded_ids`)."""
     from pspnet.data.dataset import SegmentationDataset
+    from pspnet.data.quarantine import excluded_ids
     from pspnet.data.transforms import eval_transform
 
     prepared = Path(root) / params.paths.prepared
-    dataset = SegmentationDataset(prepared, SPLIT, eval_transform(params.model_copy(update={"model": model_cfg})))
+    dataset = SegmentationDataset(
+        prepared,
+        SPLIT,
+        eval_transform(params.model_copy(update={"model": model_cfg})),
+        exclude=excluded_ids(params, root),
+        max_image_pixels=params.data.max_image_pixels,
+    )
     if len(dataset) == 0:
         raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
     return dataset

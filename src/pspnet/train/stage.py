@@ -51,6 +51,7 @@ from pspnet.config import Params
 from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import load_dataset_record
+from pspnet.data.quarantine import excluded_ids
 from pspnet.data.transforms import train_transform
 from pspnet.device import resolve_device
 from pspnet.errors import DataError
@@ -220,7 +221,13 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     seed_everything(t.seed)
     device = resolve_device(t.device)
     amp = resolve_amp(t.amp, device)
-    dataset = SegmentationDataset(prepared, "train", train_transform(params))
+    dataset = SegmentationDataset(
+        prepared,
+        "train",
+        train_transform(params),
+        exclude=excluded_ids(params, root),  # samples `validate` quarantined
+        max_image_pixels=params.data.max_image_pixels,
+    )
     loader = make_train_loader(dataset, params, device)
     criterion = build_criterion(params, dataset, classes.num_classes, list(classes.names)).to(device)
     model = build_model(params.model, classes.num_classes).to(device)

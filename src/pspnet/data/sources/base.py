@@ -17,19 +17,56 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pspnet.config import PIL_PIXEL_CAP
 from pspnet.data.classes import ClassTable
+from pspnet.data.imagefiles import NPY_SUFFIX, UNREADABLE, FileProblem, npy_header
 from pspnet.errors import DataError
 
-#: An image: a decoded uint8 (H, W, 3) RGB array, or the path of a file the writer copies
-#: verbatim when it is already an RGB PNG or JPEG (no re-encoding, no quality loss) and
-#: converts to an RGB PNG otherwise (grey, palette or CMYK files).
+#: An image: a decoded uint8 (H, W, 3) RGB array or (H, W) grey array (grey follows
+#: ``data.non_rgb_images``), or the path of a file the writer copies verbatim when it is
+#: already an RGB PNG or JPEG (no re-encoding, no quality loss) and converts to an RGB PNG when
+#: the conversion is exact (see :mod:`pspnet.data.prepare`).
 ImageData = np.ndarray | Path
 #: ``load()`` -> (image, mask): the mask is uint8 (H, W) in OUR label space (class ids 0..K-1,
 #: ``ignore_index`` elsewhere), already mapped from the dataset's ids.
 Loader = Callable[[], tuple[ImageData, np.ndarray]]
 
-#: Mask modes that store one integer id per pixel (palette PNGs: the index is the id).
-ID_MASK_MODES = ("L", "P", "I", "I;16")
+#: Mask modes that store one 8-bit id per pixel (palette PNGs: the index is the id). 16- and
+#: 32-bit masks (``I;16``, ``I``) are refused: the prepared masks are 8-bit, ids above 255
+#: cannot be kept, and no dataset we read ships them.
+ID_MASK_MODES = ("L", "P")
+#: Modes of masks with more than 8 bits per pixel.
+DEEP_MASK_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+#: Check codes of per-sample problems (the ``check`` column of ``rejected.csv``), besides
+#: those of :mod:`pspnet.data.imagefiles` (empty_file, not_an_image, too_large,
+#: unreadable_file, outside_root).
+MISSING_PAIR = "missing_pair"
+SIZE_MISMATCH = "size_mismatch"
+UNKNOWN_LABELS = "unknown_labels"
+MASK_MODE = "mask_mode"
+MASK_DEPTH = "mask_depth"
+IMAGE_MODE = "image_mode"
+FLOAT_VALUES = "float_values"
+INVALID_ID = "invalid_id"
+DUPLICATE_ID = "duplicate_id"
+#: A per-sample problem an adapter reported without a code.
+OTHER = "source"
+#: Float images hold intensities in [FLOAT_MIN, FLOAT_MAX]; they are scaled by 255 and rounded.
+FLOAT_MIN, FLOAT_MAX = 0.0, 1.0
+UINT8_MAX = 255
+
+
+class SampleError(DataError):
+    """A problem of one sample, not of the dataset: ``prepare`` records it in ``rejected.csv``
+    (id, split, files, check, problem, fix) and goes on with the other samples.
+
+    The message is ``"<file>: <problem>. Fix: <fix>."``, like every source error.
+    """
+
+    def __init__(self, file: Path | str, check: str, problem: str, fix: str) -> None:
+        super().__init__(f"{file}: {problem}. Fix: {fix}.")
+        self.file, self.check, self.problem, self.fix = str(file), check, problem, fix
 
 
 @dataclass(frozen=True)
@@ -134,11 +171,14 @@ def read_list(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def files_by_stem(folder: Path, suffixes: Sequence[str], strip: str = "") -> dict[str, Path]:
+def files_by_stem(
+    folder: Path, suffixes: Sequence[str], strip: str = "", duplicates: list[tuple[str, Path]] | None = None
+) -> dict[str, Path]:
     """``{stem: path}`` for the files of ``folder`` (recursively) with one of ``suffixes``.
 
     ``strip`` is removed from the end of each stem (e.g. Cityscapes' ``_leftImg8bit``). Hidden
-    files and folders are skipped. Two files with the same stem are an error naming both.
+    files and folders are skipped. Two files with the same stem are an error naming both, or,
+    when ``duplicates`` is given, the later one is appended to it as ``(stem, path)``.
     """
     found: dict[str, Path] = {}
     wanted = {s.lower() for s in suffixes}
@@ -149,6 +189,9 @@ def files_by_stem(folder: Path, suffixes: Sequence[str], strip: str = "") -> dic
             continue  # hidden files and folders (macOS ._* files, .ipynb_checkpoints)
         stem = path.stem[: -len(strip)] if strip and path.stem.endswith(strip) else path.stem
         if stem in found:
+            if duplicates is not None:
+                duplicates.append((stem, path))
+                continue
             raise DataError(f"{path}: same sample name {stem!r} as {found[stem]}. Fix: rename or remove one of them.")
         found[stem] = path
     return found
@@ -182,42 +225,82 @@ def check_paired(
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an image file, from its header only."""
+    """(height, width) of an image file (or ``.npy`` array), from its header only."""
+    if path.suffix.lower() == NPY_SUFFIX:
+        try:
+            shape, _ = npy_header(path, PIL_PIXEL_CAP)
+        except FileProblem as err:
+            raise SampleError(path, err.check, err.problem, err.fix) from None
+        return shape[0], shape[1]
     try:
         with Image.open(path) as img:
             return img.height, img.width
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the image ({err}). Fix: replace or remove the file.") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise SampleError(path, UNREADABLE, f"cannot read the image ({err})", "replace or remove the file") from None
 
 
 def read_id_mask(path: Path) -> np.ndarray:
     """A label image as an integer (H, W) array of the ids it stores (palette indices for ``P``).
 
     RGB or RGBA label images are refused here: their colours are not ids (the ``folder`` source
-    maps colours itself).
+    maps colours itself). So are 16-bit ones (see :data:`ID_MASK_MODES`).
     """
     try:
         with Image.open(path) as img:
+            if img.mode in DEEP_MASK_MODES:
+                raise SampleError(
+                    path,
+                    MASK_DEPTH,
+                    f"label image is {'16' if img.mode.startswith('I;16') else '32'}-bit (mode {img.mode}); "
+                    "class-id masks must be 8-bit",
+                    "save it as an 8-bit single-channel PNG (mode L) of class ids",
+                )
             if img.mode not in ID_MASK_MODES:
-                raise DataError(
-                    f"{path}: label image has mode {img.mode}, expected one id per pixel (mode "
-                    f"{', '.join(ID_MASK_MODES)}). Fix: save it as a single-channel (or palette) PNG of class ids."
+                raise SampleError(
+                    path,
+                    MASK_MODE,
+                    f"label image has mode {img.mode}, expected one id per pixel (mode {', '.join(ID_MASK_MODES)})",
+                    "save it as a single-channel (or palette) PNG of class ids",
                 )
             return np.asarray(img)
     except DataError:
         raise
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: cannot read the label image ({err}). Fix: replace or remove the file.") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise SampleError(path, UNREADABLE, f"cannot read the label image ({err})", "replace or remove the file") from None
 
 
 def check_same_size(image: ImageData, mask: np.ndarray, image_file: Path | str, mask_file: Path | str) -> None:
-    """A :class:`DataError` naming both files when the mask's size differs from the image's."""
+    """A :class:`SampleError` naming both files when the mask's size differs from the image's."""
     height, width = image_size(image) if isinstance(image, Path) else image.shape[:2]
     if mask.shape[:2] != (height, width):
-        raise DataError(
-            f"{mask_file}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_file} is "
-            f"{width}x{height}. Fix: the mask must have the image's size; replace it or remove the pair."
+        raise SampleError(
+            mask_file,
+            SIZE_MISMATCH,
+            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_file} is {width}x{height}",
+            "the mask must have the image's size; replace it or remove the pair",
         )
+
+
+def float_image(array: np.ndarray, path: Path | str) -> np.ndarray:
+    """A float (H, W, 3) or (H, W) image with intensities in [0, 1] -> uint8, ``round(x * 255)``.
+
+    NaN, infinite and out-of-range values are a :class:`SampleError` naming how many there are:
+    guessing a scale (0..1? 0..255? -1..1?) would be silently wrong.
+    """
+    nan, inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    fix = (
+        f"float images must hold finite intensities in [{FLOAT_MIN:g}, {FLOAT_MAX:g}] (they are scaled by "
+        f"{UINT8_MAX} and rounded): replace NaN / inf values and rescale (e.g. divide 0..255 data by 255), "
+        "or remove the sample"
+    )
+    if nan or inf:
+        raise SampleError(path, FLOAT_VALUES, f"float image holds {nan} NaN and {inf} infinite value(s)", fix)
+    low, high = float(array.min()), float(array.max())
+    if low < FLOAT_MIN or high > FLOAT_MAX:
+        raise SampleError(
+            path, FLOAT_VALUES, f"float image values span [{low:g}, {high:g}], outside [{FLOAT_MIN:g}, {FLOAT_MAX:g}]", fix
+        )
+    return np.rint(array.astype(np.float64) * UINT8_MAX).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,9 +336,11 @@ class LabelMap:
         unknown = [int(v) for v in values if v < 0 or v >= len(table) or table[v] < 0]
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            raise DataError(
-                f"{path}: unknown label id(s) {shown}; this dataset's ids are {self.accepted or sorted(self.mapping)}. "
-                "Fix: correct the mask, or pick the data.source.name that matches the dataset."
+            raise SampleError(
+                path,
+                UNKNOWN_LABELS,
+                f"unknown label id(s) {shown}; this dataset's ids are {self.accepted or sorted(self.mapping)}",
+                "correct the mask, or pick the data.source.name that matches the dataset",
             )
         return table[raw.astype(np.int64, copy=False)].astype(np.uint8)
 

@@ -4,7 +4,7 @@ Layout under ``data.source.location``::
 
     <location>/
       classes.yaml | classes.yml | classes.json | classes.csv | classes.txt   (exactly one)
-      images/<split>/<name>.jpg|.jpeg|.png|.bmp|.tif|.tiff
+      images/<split>/<name>.jpg|.jpeg|.png|.bmp|.tif|.tiff|.npy
       masks/<split>/<name>.png                          (same <split>, same <name>)
 
 **Splits** are the folders under ``images/``: ``train`` and ``val`` are required, any other
@@ -13,7 +13,8 @@ folders. Files may sit in sub-folders of a split (``images/train/site1/a.jpg`` p
 ``masks/train/site1/a.png``); suffixes are matched in any case; hidden files and folders
 (``.*``) are skipped. The sample id is ``<name>``, the file name without its suffix: it must be
 unique across all splits and use only letters, digits, ``.``, ``_`` and ``-``. Every image
-needs its mask and every mask its image.
+needs its mask and every mask its image. A split folder without images yields an empty split
+(``validate`` fails when the split is required).
 
 **Classes**: class id = position in the file, from 0. Colours (R, G, B, each 0..255) are
 optional for id masks (a class without one is drawn in the Pascal VOC palette) and required
@@ -41,16 +42,23 @@ for colour masks.
 
 **Masks**, each read according to its PNG mode:
 
-- id masks, single-channel (``L``; 16-bit ``I;16`` / ``I``) or palette (``P``: the index is
-  the id): class ids ``0..K-1``; ``data.ignore_index`` (255 by default) and the ``ignore`` ids
-  become ignore.
+- id masks, 8-bit single-channel (``L``) or palette (``P``: the index is the id): class ids
+  ``0..K-1``; ``data.ignore_index`` (255 by default) and the ``ignore`` ids become ignore.
+  16-bit masks are refused (save them as 8-bit).
 - colour masks, ``RGB`` / ``RGBA`` (alpha unused): each colour is a class colour (every class
-  then needs one, all different) or an ``ignore`` colour.
+  then needs one, all different) or an ``ignore`` colour. A colour mask while some class has
+  no colour is refused (an id mask was expected).
 
 Any other id or colour is an error naming the mask and the values found (colours with their
 pixel counts). **Images** are anything PIL reads: RGB PNG / JPEG files are copied as they are,
-others converted to RGB PNG. A mask must have its image's size. There are no size
-expectations (user data).
+others follow ``data.non_rgb_images`` (exact conversions to RGB PNG, or rejection). **Float
+images**: a ``.npy`` array (H, W, 3) or (H, W) of floats, or a float TIFF (mode ``F``), holds
+intensities in [0, 1], stored as ``round(255 * x)``; NaN, inf or values outside [0, 1] reject
+the sample (a ``.npy`` uint8 array is taken as it is). A mask must have its image's size. There
+are no size expectations (user data).
+
+A problem of one sample (unpaired file, unknown id or colour, wrong size, bad image ...)
+rejects that sample only: ``prepare`` lists it in ``rejected.csv`` and ``validate`` reports it.
 """
 
 from __future__ import annotations
@@ -69,17 +77,25 @@ from PIL import Image
 
 from pspnet.config import Params
 from pspnet.data.classes import ClassTable
+from pspnet.data.imagefiles import NPY_SUFFIX, UNREADABLE
 from pspnet.data.sources.base import (
+    DUPLICATE_ID,
+    IMAGE_MODE,
+    MASK_MODE,
+    MISSING_PAIR,
+    UNKNOWN_LABELS,
     Expectations,
     ImageData,
     LabelMap,
+    SampleError,
     SampleRef,
     SourceData,
     SourceFolders,
     check_same_size,
     files_by_stem,
-    load_pair,
+    float_image,
     palette_colors,
+    read_id_mask,
     require_dir,
 )
 from pspnet.errors import DataError
@@ -87,14 +103,16 @@ from pspnet.errors import DataError
 NAME = "folder"
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", NPY_SUFFIX)
+#: PIL mode of float images (e.g. 32-bit float TIFF).
+FLOAT_MODE = "F"
 MASK_SUFFIX = ".png"
 REQUIRED_SPLITS = ("train", "val")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json", "classes.csv", "classes.txt")
 #: Mask modes read as colours (alpha dropped); every other mode is an id mask (base.read_id_mask).
 COLOR_MASK_MODES = ("RGB", "RGBA")
-#: The largest id a mask can store (16-bit PNG); extra ignore ids beyond it are refused.
-MAX_MASK_ID = 65535
+#: The largest id an (8-bit) mask can store; extra ignore ids beyond it are refused.
+MAX_MASK_ID = 255
 CHANNEL_MAX = 255
 #: Unknown colours listed in an error message (the most frequent first).
 MAX_LISTED = 10
@@ -363,11 +381,13 @@ class ColorMap:
         """Map an (H, W, 3) colour mask read from ``path`` to class ids."""
         uncolored = [n for n, c in zip(self.spec.names, self.spec.colors) if c is None]
         if uncolored:
-            raise _bad(
-                str(self.spec.file),
-                f"{path} is a colour (RGB) mask but class(es) {', '.join(map(repr, uncolored[:MAX_LISTED]))} "
-                "have no colour",
-                "give every class its colour, or save the masks as single-channel class ids",
+            raise SampleError(
+                path,
+                MASK_MODE,
+                f"colour (RGB) mask where a class-id mask is expected: class(es) "
+                f"{', '.join(map(repr, uncolored[:MAX_LISTED]))} of {self.spec.file} have no colour",
+                "save the mask as an 8-bit single-channel PNG of class ids (mode L or P); or, to use colour "
+                f"masks, give every class its colour in {self.spec.file.name}",
             )
         keys: np.ndarray = self._keys  # type: ignore[attr-defined]
         packed = _pack(rgb)
@@ -380,8 +400,9 @@ class ColorMap:
             more = f" and {len(colors) - MAX_LISTED} more" if len(colors) > MAX_LISTED else ""
             grey = all(len(set(_unpack(int(c)))) == 1 for c in colors)
             hint = "; if it stores class ids, save it as a single-channel PNG" if grey else ""
-            raise _bad(
-                str(path),
+            raise SampleError(
+                path,
+                UNKNOWN_LABELS,
                 f"unknown mask colour(s) {shown}{more}; the known colours are those in {self.spec.file}",
                 f"correct the mask, or add the colour to {self.spec.file.name} (a class or an 'ignore' colour){hint}",
             )
@@ -389,31 +410,61 @@ class ColorMap:
         return values[index]
 
 
+def read_image(path: Path) -> ImageData:
+    """The image of a sample: ``path`` itself (the writer converts it), or a decoded uint8 array
+    for float images (``.npy`` arrays, float TIFFs; see :func:`~pspnet.data.sources.base.float_image`)."""
+    try:
+        if path.suffix.lower() == NPY_SUFFIX:
+            array = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as img:
+                if img.mode != FLOAT_MODE:
+                    return path
+                array = np.asarray(img, dtype=np.float32)
+    except (OSError, ValueError) as err:
+        raise SampleError(path, UNREADABLE, f"cannot read the image ({err})", "replace or remove the file") from None
+    if np.issubdtype(array.dtype, np.floating):
+        return float_image(array, path)
+    if array.dtype != np.uint8:
+        raise SampleError(
+            path,
+            IMAGE_MODE,
+            f"array of dtype {array.dtype}; image arrays are uint8 (0..255) or float (0..1)",
+            "save it as uint8, or as float scaled to [0, 1]",
+        )
+    return array
+
+
 def load_sample(image_file: Path, mask_file: Path, ids: LabelMap, colors: ColorMap) -> tuple[ImageData, np.ndarray]:
-    """One sample: the image file as is, its id or colour mask mapped to class ids, sizes checked."""
+    """One sample: the image (file as is, or float data converted), its id or colour mask mapped
+    to class ids, sizes checked."""
     try:
         with Image.open(mask_file) as img:
             rgb = np.asarray(img.convert("RGB")) if img.mode in COLOR_MASK_MODES else None
     except (OSError, ValueError) as err:
-        raise _bad(str(mask_file), f"cannot read the mask ({err})", "replace or remove the file") from None
-    if rgb is None:
-        return load_pair(image_file, mask_file, ids)
-    mask = colors(rgb, mask_file)
-    check_same_size(image_file, mask, image_file, mask_file)
-    return image_file, mask
+        raise SampleError(mask_file, UNREADABLE, f"cannot read the mask ({err})", "replace or remove the file") from None
+    mask = ids(read_id_mask(mask_file), mask_file) if rgb is None else colors(rgb, mask_file)
+    image = read_image(image_file)
+    check_same_size(image, mask, image_file, mask_file)
+    return image, mask
 
 
-def _pair_missing(name: str, image: Path | None, mask: Path, image_dir: Path, mask_dir: Path) -> DataError:
+def _pair_missing(name: str, image: Path | None, mask: Path, image_dir: Path, mask_dir: Path) -> SampleError:
     """The error of an image without its mask (``image`` given) or of ``mask`` without its image."""
     if image is not None:
         expected = mask_dir / image.relative_to(image_dir).with_suffix(MASK_SUFFIX)
-        return _bad(str(image), f"no mask {expected}", "add the mask (same name, .png) or remove the image")
-    return _bad(str(mask), f"no image named {name!r} in {image_dir}", "add the image or remove the mask")
+        return SampleError(image, MISSING_PAIR, f"no mask {expected}", "add the mask (same name, .png) or remove the image")
+    return SampleError(mask, MISSING_PAIR, f"no image named {name!r} in {image_dir}", "add the image or remove the mask")
 
 
 def _unpaired(problem: DataError) -> tuple[ImageData, np.ndarray]:
-    """The loader of an image without mask (or mask without image): the writer collects its error."""
+    """The loader of an image without mask (or mask without image): the writer records its error."""
     raise problem
+
+
+def _duplicate(name: str, path: Path) -> tuple[ImageData, np.ndarray]:
+    """The loader of a second file named ``name``: never called, the writer rejects the repeated id."""
+    raise SampleError(path, DUPLICATE_ID, f"same sample name {name!r} as another file", "rename or remove one of them")
 
 
 # --------------------------------------------------------------------------------------------
@@ -463,32 +514,22 @@ def folder_source(params: Params, folders: SourceFolders) -> SourceData:
     ids = LabelMap({i: i for i in range(count)}, ignore, (ignore, *spec.ignore_ids), accepted)
     colors = ColorMap(spec, ignore)
     refs: list[SampleRef] = []
-    seen: dict[str, Path] = {}
     for split in splits:
         image_dir = root / IMAGES_DIR / split
         mask_dir = require_dir(root, f"{MASKS_DIR}/{split}", NAME, LAYOUT)
-        images = _visible(files_by_stem(image_dir, IMAGE_SUFFIXES), image_dir)
-        masks = _visible(files_by_stem(mask_dir, (MASK_SUFFIX,)), mask_dir)
-        if not images:
-            raise _bad(
-                str(image_dir),
-                f"no images ({', '.join(IMAGE_SUFFIXES)})",
-                "add images or remove the empty split folder",
-            )
+        # Repeated names (here or across splits) are listed as they are: the writer rejects every
+        # repetition of an id, naming the files of its first occurrence.
+        repeated: list[tuple[str, Path]] = []
+        images = _visible(files_by_stem(image_dir, IMAGE_SUFFIXES, duplicates=repeated), image_dir)
+        masks = _visible(files_by_stem(mask_dir, (MASK_SUFFIX,), duplicates=repeated), mask_dir)
         for name in sorted(images.keys() | masks.keys()):
-            first = images.get(name) or masks[name]
-            if name in seen:
-                raise _bad(
-                    str(first),
-                    f"same sample name {name!r} as {seen[name]} (names are unique across splits)",
-                    "rename or remove one of them",
-                )
-            seen[name] = first
             if name in images and name in masks:
                 load = partial(load_sample, images[name], masks[name], ids, colors)
             else:
                 problem = _pair_missing(name, images.get(name), masks.get(name, mask_dir), image_dir, mask_dir)
                 load = partial(_unpaired, problem)
             refs.append(SampleRef(name, split, load, tuple(str(p) for p in (images.get(name), masks.get(name)) if p)))
+        for name, path in repeated:
+            refs.append(SampleRef(name, split, partial(_duplicate, name, path), (str(path),)))
     classes = ClassTable(spec.names, tuple(c or p for c, p in zip(spec.colors, palette_colors(count))), ignore)
     return SourceData(classes, refs, len(refs), Expectations(), (root,))
