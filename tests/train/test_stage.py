@@ -138,3 +138,21 @@ def test_too_small_train_split_is_a_data_error(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(DataError, match="at least 2"):
         train(_params(), root)
     assert not (root / "models").exists()
+
+
+def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
+    from pspnet.data.quarantine import QUARANTINE_COLUMNS, quarantine_path, write_quarantine
+
+    params = _params(train={"epochs": 1}, validate={"quarantine": True})
+    rows = [{"id": sid, "split": "train", "files": f"images/{sid}.png", "problems": "bad. Fix: x"} for sid in ("train_000", "train_001")]
+    write_quarantine(quarantine_path(params, project), rows)
+    assert set(rows[0]) == set(QUARANTINE_COLUMNS)
+
+    summary = train(params, project)
+
+    run = MlflowClient().get_run(summary["run_id"])
+    assert run.data.params["data.train_samples"] == "6"  # 8 train samples, 2 set aside
+    assert run.data.tags["data.quarantined"] == "2"
+    assert run.data.tags["data.training_version"] != run.data.tags.get("data.version")
+    # Quarantine off: the list is ignored.
+    assert MlflowClient().get_run(train(_params(train={"epochs": 1}), project)["run_id"]).data.params["data.train_samples"] == "8"

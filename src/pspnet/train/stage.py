@@ -51,7 +51,7 @@ from pspnet.config import Params
 from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import load_dataset_record
-from pspnet.data.quarantine import excluded_ids
+from pspnet.data.quarantine import effective_version, excluded_ids
 from pspnet.data.transforms import train_transform
 from pspnet.device import resolve_device
 from pspnet.errors import DataError
@@ -221,12 +221,9 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     seed_everything(t.seed)
     device = resolve_device(t.device)
     amp = resolve_amp(t.amp, device)
+    quarantined = excluded_ids(params, root)  # samples `validate` set aside
     dataset = SegmentationDataset(
-        prepared,
-        "train",
-        train_transform(params),
-        exclude=excluded_ids(params, root),  # samples `validate` quarantined
-        max_image_pixels=params.data.max_image_pixels,
+        prepared, "train", train_transform(params), exclude=quarantined, max_image_pixels=params.data.max_image_pixels
     )
     loader = make_train_loader(dataset, params, device)
     criterion = build_criterion(params, dataset, classes.num_classes, list(classes.names)).to(device)
@@ -302,7 +299,13 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             return "No resume checkpoint was saved yet."
         return f"The last good resume checkpoint is kept: {files[0]} (train.resume: auto continues from it when the settings match)."
 
-    with stop_requests() as stop, _open_run(saved, experiment_id, run_tags(root) | dataset_tags(prepared)) as run:
+    tags = run_tags(root) | dataset_tags(prepared)
+    if quarantined:
+        tags |= {
+            "data.quarantined": str(len(quarantined)),
+            "data.training_version": str(effective_version(_data_version(prepared), quarantined)),
+        }
+    with stop_requests() as stop, _open_run(saved, experiment_id, tags) as run:
         run_id = run.info.run_id
         _log_params_once(run_id, params.to_flat_dict())
         _log_params_once(
