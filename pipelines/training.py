@@ -25,6 +25,11 @@ not count). Without a change it logs ``no new data since dvc.lock: ...`` and end
 Completed in a state named ``Skipped``, running no stage. The scheduled deployment
 (:mod:`pipelines.schedule`) runs it this way between its full, cron-timed runs.
 
+Before import-data and the stages, the MLflow tracking store is checked
+(:func:`pspnet.registry.tracking.check_tracking_store`): a tracking server that does not answer
+within ``mlflow.connect_timeout`` seconds fails the run at once, with the URI, where it came
+from and the fix, instead of after prepare / validate (or after training).
+
 Runs never interleave in one project, whatever started them (a schedule, ``make flow``, a
 second scheduler): the flow holds a file lock (``.dvc/tmp/pspnet-pipeline.lock``) from start
 to end; a second run waits for it and logs that it waits.
@@ -72,6 +77,7 @@ from pspnet.cli import STAGES as CLI_STAGES
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.data.changes import DataChange, data_changes
 from pspnet.errors import PERMANENT_EXIT_CODES, ConfigError, PspnetError
+from pspnet.registry.tracking import check_tracking_store, redact
 from pspnet.tools import tool_env
 
 #: The pipeline's stages in order: the ``pspnet`` command's stage subcommands.
@@ -344,6 +350,9 @@ def training_pipeline(project_dir: str = ".", only_if_new_data: bool = False) ->
                 return Completed(name=SKIPPED_STATE, message=reason, data=skipped)  # type: ignore[return-value]
             summary["reason"] = f"new data: {change.summary()}"
             logger.info(summary["reason"])
+        # Before any stage: an unreachable tracking server fails the run now, not after training.
+        uri = check_tracking_store(load_params(root / DEFAULT_PARAMS_FILE).mlflow, root)
+        logger.info("MLflow tracking store: %s", redact(uri))
         return {**summary, **_run_stages(root, logger)}
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pspnet import io
+from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.experiment import (
     EVAL_KEYS,
@@ -45,6 +46,7 @@ from pspnet.experiment import (
     run_experiment,
     workspace_results,
 )
+from pspnet.registry.tracking import check_tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,7 @@ def run_ablation(
     unknown = [r for r in rows if r not in ROW_NAMES]
     if unknown:
         raise ConfigError(f"unknown ablation row(s) {unknown}; known: {list(ROW_NAMES)}.")
+    check_tracking_store(load_params(root / DEFAULT_PARAMS_FILE).mlflow, root)  # before the first row, not after it
     selected = [r for r in ROWS if r.name in rows]
     out_path = root / out
     results: list[dict[str, Any]] = []

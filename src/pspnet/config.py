@@ -7,6 +7,7 @@ value names the file, the field and what would be accepted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,18 @@ from pydantic import (
 from pspnet.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+
+#: Schemes of the MLflow tracking stores ``mlflow.tracking_uri`` may name (a database URI may
+#: add a driver: ``postgresql+psycopg2://``).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+#: Registered models named ``<register.model_name>`` + this are promotion locks
+#: (:mod:`pspnet.registry.lock`), so no model name may end with it.
+PROMOTION_LOCK_SUFFIX = ".promotion-lock"
+#: MLflow's alias rules: letters, digits, ``_`` and ``-``, at most 255 characters; ``latest`` and
+#: ``v<number>`` are reserved.
+_ALIAS_PATTERN = re.compile(r"[\w-]+")
+_VERSION_ALIAS_PATTERN = re.compile(r"[vV]\d+")
+_MAX_ALIAS_CHARS = 255
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -257,6 +270,15 @@ class TrainConfig(StrictModel):
     num_workers: NonNegativeInt = 0
     #: Log the running loss to MLflow every this many optimisation steps.
     log_every_n_steps: PositiveInt = 10
+    #: Save the whole training state (resume checkpoint) every this many optimisation steps,
+    #: atomically, under ``<paths.models>/train_state/``; 0 turns it off. A SIGTERM / SIGINT
+    #: also saves one before the run stops.
+    checkpoint_every_n_steps: NonNegativeInt = 100
+    #: Resume checkpoints kept (the newest ones); an unreadable newest one falls back to the next.
+    keep_checkpoints: PositiveInt = 2
+    #: ``auto``: continue from the newest resume checkpoint of the same configuration and data,
+    #: if there is one; ``never``: always start from scratch.
+    resume: Literal["auto", "never"] = "auto"
 
     @field_validator("scale_range")
     @classmethod
@@ -277,15 +299,6 @@ class EvaluateConfig(StrictModel):
     """Validation-set scoring, plots and overlays (``evaluate`` stage)."""
 
     #: Images per forward pass; a batch whose images differ in size runs as same-size sub-batches.
-    #: Save the whole training state (resume checkpoint) every this many optimisation steps,
-    #: atomically, under ``<paths.models>/train_state/``; 0 turns it off. A SIGTERM / SIGINT
-    #: also saves one before the run stops.
-    checkpoint_every_n_steps: NonNegativeInt = 100
-    #: Resume checkpoints kept (the newest ones); an unreadable newest one falls back to the next.
-    keep_checkpoints: PositiveInt = 2
-    #: ``auto``: continue from the newest resume checkpoint of the same configuration and data,
-    #: if there is one; ``never``: always start from scratch.
-    resume: Literal["auto", "never"] = "auto"
     #: In ``slide`` mode also the most windows per forward pass when a batch holds fewer images.
     batch_size: PositiveInt = 8
     #: Inference mode: ``whole`` runs the full image in one pass; ``slide`` runs a sliding window
@@ -340,6 +353,32 @@ class RegisterConfig(StrictModel):
     #: (height, width) of a probe image fed to the logged model after loading it back; the
     #: registration fails if the artefact rejects it (e.g. shapes frozen at export).
     probe_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] = (120, 160)
+    #: Seconds a registration waits for the promotion lock (another registration against the
+    #: same store is reading the champion, gating and moving the alias) before it fails.
+    lock_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    #: Seconds a held promotion lock stays valid; a lock older than this (its holder crashed)
+    #: may be broken by the next registration. Far longer than the critical section (seconds).
+    lock_lease: Annotated[float, Field(ge=10, le=86_400)] = 300.0
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        """MLflow's rules for registered model names, plus the name reserved for the promotion lock."""
+        if not value.strip() or value != value.strip() or any(c in value for c in "/:"):
+            raise ValueError(f"{value!r} is not a valid MLflow model name: non-empty, no surrounding spaces, no '/' or ':'")
+        if value.endswith(PROMOTION_LOCK_SUFFIX):
+            raise ValueError(f"names ending in {PROMOTION_LOCK_SUFFIX!r} are reserved for the promotion lock")
+        return value
+
+    @field_validator("champion_alias", "challenger_alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        """MLflow's rules for aliases (checked here so a bad one fails before training, not after)."""
+        if not _ALIAS_PATTERN.fullmatch(value) or len(value) > _MAX_ALIAS_CHARS:
+            raise ValueError(f"{value!r}: an alias is 1-{_MAX_ALIAS_CHARS} letters, digits, '_' or '-'")
+        if value.lower() == "latest" or _VERSION_ALIAS_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is reserved by MLflow ('latest' and v<number> name versions)")
+        return value
 
     @model_validator(mode="after")
     def _aliases_differ(self) -> RegisterConfig:
@@ -377,10 +416,27 @@ class ScheduleConfig(StrictModel):
 
 
 class MlflowConfig(StrictModel):
-    experiment_name: str = "pspnet"
+    experiment_name: Annotated[str, Field(min_length=1, max_length=500)] = "pspnet"
     #: ``null``: a SQLite store + artifact folder at the project root. ``MLFLOW_TRACKING_URI``
     #: in the environment overrides both.
     tracking_uri: str | None = None
+    #: Seconds the start-of-run check waits for the tracking store to answer (a server's
+    #: ``/health``, a database's port) before failing the run with the fix.
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition(":")
+        base = scheme.split("+")[0].lower()
+        if not sep or base not in TRACKING_SCHEMES or not rest.strip("/"):
+            raise ValueError(
+                f"{value!r} is not a tracking URI this project can use: expected <scheme>:..., scheme one of "
+                f"{', '.join(TRACKING_SCHEMES)} (e.g. http://127.0.0.1:5000 or sqlite:////abs/path/mlflow.db), or null"
+            )
+        return value
 
 
 class Params(StrictModel):

@@ -4,7 +4,9 @@ A preset is a YAML file under ``configs/`` holding only the keys that differ fro
 ``params.yaml`` (same sections and names), e.g. ``configs/camvid-cpu.yaml``. Running it:
 
 1. merges the preset (and any ``--set KEY=VALUE``) over ``params.yaml`` and validates the
-   result (an unknown key or a bad value names the preset file and stops before anything runs);
+   result (an unknown key or a bad value names the preset file and stops before anything runs),
+   then checks that the MLflow tracking store answers
+   (:func:`pspnet.registry.tracking.check_tracking_store`; an unreachable server stops it here);
 2. brings the preset's data source under DVC (:func:`pspnet.data.location.import_data`:
    ``dvc import-url`` the first time, ``dvc update`` after, so new files are picked up);
 3. writes the merged parameters to ``params.yaml`` and runs ``dvc repro``, so DVC reruns
@@ -52,7 +54,7 @@ from pspnet.config import (
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE
+from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE, check_tracking_store
 from pspnet.tools import tool_env
 
 log = logging.getLogger(__name__)
@@ -279,6 +281,7 @@ def run_preset(
 
     root = Path(root).resolve()
     path, settings, params = load_preset(root, preset, overrides)
+    check_tracking_store(params.mlflow, root)  # before any import or stage: fail now, not after training
     stem = path.stem
     name = name or f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     out_path = root / (out or f"{RESULTS_DIR}/{stem}")

@@ -160,3 +160,16 @@ def test_mlflow_models_serve_returns_the_class_map_for_an_unseen_size(served: di
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=60)
     assert 400 <= err.value.code < 500
+
+
+def test_the_store_check_and_the_promotion_lock_work_over_http(served: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """The lock's primitive (a registered model name is unique: RESOURCE_ALREADY_EXISTS) holds over
+    the REST API too; a live server passes the start-of-run check."""
+    from pspnet.config import MlflowConfig
+    from pspnet.registry.tracking import check_tracking_store
+    from tests.registry.test_concurrency import check_lease_rules
+
+    assert check_tracking_store(MlflowConfig(tracking_uri=served["uri"])) == served["uri"]
+    client = MlflowClient(tracking_uri=served["uri"], registry_uri=served["uri"])
+    check_lease_rules(client, caplog)
+    assert [m.name for m in client.search_registered_models()] == ["pspnet"]

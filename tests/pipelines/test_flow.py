@@ -54,6 +54,38 @@ def test_prefect_retries_only_transient_failures(
     assert len(calls) == attempts
 
 
+def test_an_unreachable_tracking_server_fails_the_flow_before_any_stage(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real closed port as MLFLOW_TRACKING_URI: the flow stops before import-data and every
+    stage (not after prepare / validate, or after training), naming the URI and the fix."""
+    import shutil
+    import socket
+
+    import pspnet.data.location
+    from pspnet.errors import PspnetError
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(training_root() / name, tmp_path / name)
+    (tmp_path / ".dvc").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    ran: list[str] = []
+    monkeypatch.setattr(training, "repro_stage", lambda stage, *a, **k: ran.append(stage))
+    monkeypatch.setattr(pspnet.data.location, "import_data", lambda *a, **k: ran.append("import-data"))
+
+    with pytest.raises(PspnetError, match=rf"MLFLOW_TRACKING_URI\) is unreachable: connection refused.*--port {port}"):
+        training.training_pipeline(project_dir=str(tmp_path))
+    assert ran == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dvc", "dvc.yaml", "params.yaml"]
+
+
+def training_root() -> Path:
+    return Path(training.__file__).resolve().parents[1]
+
+
 def flow_cmd(project: Path) -> list[str]:
     return [sys.executable, "-m", "pipelines.training", "--project-dir", str(project)]
 

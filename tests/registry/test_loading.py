@@ -1,5 +1,7 @@
 """load_segmenter: checkpoints, this project's pyfunc versions and the earlier pytorch-flavour
-layout all give a model that scores normalised images like the checkpoint."""
+layout all give a model that scores normalised images like the checkpoint; nothing stored with
+a model runs on load (a pickle inside a network archive is refused, a pickled legacy version
+loads only on the user's explicit opt-in)."""
 
 from __future__ import annotations
 
@@ -84,3 +86,98 @@ def test_unknown_sources_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(PspnetError, match="models:/nope@champion: cannot load this model"):
         load_segmenter("models:/nope@champion")
+
+
+# Untrusted files: nothing stored with a model runs on load.
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(marker)``: proof that a loader executed code from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+class _TinyExport(torch.nn.Module):
+    """Shaped like the registered network: raw RGB in, logits out, ``mean`` / ``std`` buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CFG.input_mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(CFG.input_std).view(1, 3, 1, 1) * 255)
+        self.conv = torch.nn.Conv2d(3, len(NAMES), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv((x - self.mean) / self.std)
+
+
+def _model_folder(tmp_path: Path, payload: _Payload | None = None) -> Path:
+    """A local model folder in this project's layout (pyfunc, ``network`` + ``classes`` artifacts);
+    with ``payload``, a record of the network archive is replaced by that pickle."""
+    import io
+    import json
+    import zipfile
+
+    from mlflow.models import Model
+
+    from pspnet.registry.packaging import FORMAT, FORMAT_KEY
+
+    folder = tmp_path / "model"
+    (folder / "artifacts").mkdir(parents=True)
+    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    program = torch.export.export(_TinyExport(), (torch.zeros(2, 3, 16, 16),), dynamic_shapes=(dynamic,))
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(program, str(clean))
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(folder / "artifacts" / "network.pt2", "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if payload is not None and info.filename.endswith("data/sample_inputs/model.pt"):
+                buffer = io.BytesIO()
+                torch.save([payload], buffer)
+                data = buffer.getvalue()
+            dst.writestr(info, data)
+    (folder / "artifacts" / "classes.json").write_text(json.dumps({"names": NAMES, "colors": COLORS}))
+    model = Model(metadata={FORMAT_KEY: FORMAT})
+    model.add_flavor("python_function", artifacts={"network": {"path": "artifacts/network.pt2"},
+                                                   "classes": {"path": "artifacts/classes.json"}})
+    model.save(str(folder / "MLmodel"))
+    return folder
+
+
+def test_a_network_archive_is_loaded_without_running_the_logged_code(tmp_path: Path) -> None:
+    seg = load_segmenter(str(_model_folder(tmp_path)))
+    assert seg.class_names == tuple(NAMES) and seg.input_mean == pytest.approx(CFG.input_mean)
+    assert predict_logits(seg.model, _normalised((1, 3, 20, 24))).shape == (1, len(NAMES), 20, 24)
+
+
+def test_a_network_archive_holding_a_pickle_is_refused_before_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    folder = _model_folder(tmp_path, _Payload(marker))
+    with pytest.raises(PspnetError, match=r"refused to load network\.pt2: it holds data that would be unpickled.*MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true"):
+        load_segmenter(str(folder))
+    assert not marker.exists()
+    # torch.export.load alone would have run it (the reason for the check):
+    with pytest.raises(Exception):
+        torch.export.load(str(folder / "artifacts" / "network.pt2"))
+    assert marker.exists()
+
+
+def test_a_pickled_legacy_version_is_refused_unless_the_user_opts_in(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = load_checkpoint(checkpoint)
+    folder = tmp_path / "pickled"
+    mlflow.pytorch.save_model(
+        SegmentationModel(ckpt.model, CFG.input_mean, CFG.input_std), str(folder), serialization_format="pickle",
+        metadata={"class_names": NAMES, "class_colors": COLORS}, pip_requirements=["torch"],
+    )
+    with pytest.raises(PspnetError, match=r"stores its network as a Python pickle.*refused.*pspnet register.*MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true"):
+        load_segmenter(str(folder))
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # the explicit opt-in, for a trusted store
+    seg = load_segmenter(str(folder))
+    x = _normalised((1, 3, 41, 67), seed=2)
+    assert torch.allclose(predict_logits(seg.model, x), ckpt.model(x), atol=1e-4)

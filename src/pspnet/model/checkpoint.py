@@ -11,6 +11,7 @@ The file is a plain ``torch.save`` dict of tensors and JSON-like values, so it l
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from pspnet.model.pspnet import PSPNet, build_model
 
 CHECKPOINT_FORMAT = "pspnet-checkpoint"
 CHECKPOINT_VERSION = 1
+#: What torch's ``weights_only`` unpickler says when a file holds objects of arbitrary classes.
+WEIGHTS_ONLY_REFUSAL = "Unsupported global"
 
 
 @dataclass
@@ -71,6 +74,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise PspnetError(f"{path}: checkpoint not found. Run the `train` stage first (dvc repro train).")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if WEIGHTS_ONLY_REFUSAL not in str(err):
+            raise PspnetError(f"{path}: not a readable PyTorch checkpoint (damaged, or not a checkpoint). Re-run `train`.") from None
+        raise PspnetError(
+            f"{path}: holds Python objects beyond tensors and plain values; refused, because loading "
+            "them would run code from the file. Only checkpoints written by `pspnet train` load; "
+            "re-run `train`, or convert the file to a plain state dict where you trust it."
+        ) from None
     except Exception as err:  # torch raises many types for a corrupt file (even IndexError)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PspnetError(f"{path}: not a readable PyTorch checkpoint ({first_line}). Re-run `train`.") from None

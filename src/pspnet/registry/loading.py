@@ -8,6 +8,14 @@
   :mod:`pspnet.registry.packaging` (a pyfunc around a ``torch.export`` program) and the earlier
   layout (MLflow's pytorch flavour holding the same program) both load.
 
+Untrusted files: nothing here runs code that came with a model. Checkpoints load with
+``weights_only=True``; for an MLflow model the logged pyfunc code is never imported (its
+``network`` and ``classes`` files are read directly), and a ``torch.export`` program is loaded
+only after MLflow's check that no record in it would be unpickled. A version whose network is
+a Python pickle (the pytorch flavour's ``pickle`` format) is refused, unless the user sets
+:data:`ALLOW_PICKLE_ENV` (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``, MLflow's own switch)
+for a store they trust.
+
 Either way the result is a :class:`Segmenter` whose ``model`` takes NORMALISED images
 ``(N, 3, H, W)`` of any size (as the evaluation's data pipeline produces them; passes under
 :data:`MIN_SIDE` are padded, see :class:`MinSideInput`) and returns logits ``(N, C, H, W)``, so :func:`pspnet.evaluate.inference.predict_logits` runs every test-time
@@ -17,7 +25,10 @@ undoes the normalisation in front of it (exact up to float rounding).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +54,12 @@ PIXEL_SCALE = 255.0
 MIN_SIDE = serving_model.MIN_SIDE
 #: File suffixes treated as checkpoint paths rather than MLflow URIs.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+#: The explicit opt-in to unpickling model files (MLflow's own switch, so one setting covers
+#: both): a pickled legacy version, or a ``.pt2`` archive with pickle records. Only for a store
+#: you trust: unpickling runs whatever code the file holds.
+ALLOW_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+#: The network file of the earlier layout (MLflow's pytorch flavour, ``pt2`` serialisation).
+LEGACY_PROGRAM_FILE = "model.pt2"
 
 
 @dataclass(frozen=True)
@@ -139,19 +156,77 @@ def _from_checkpoint(path: Path) -> Segmenter:
     return Segmenter(model, names, colors, tuple(cfg.input_mean), tuple(cfg.input_std), str(path))
 
 
-def _program_and_classes(uri: str, flavors: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, list[str], list[list[int]]]:
-    """The raw-RGB program of an MLflow model and its classes, for either artefact layout."""
-    import mlflow.pyfunc
+def pickle_allowed() -> bool:
+    """Whether the user opted in to unpickling model files (:data:`ALLOW_PICKLE_ENV` = true)."""
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
 
+
+def load_program(path: Path, source: str) -> nn.Module:
+    """A ``torch.export`` program (``.pt2``) as a module, refused when any record in it would be
+    unpickled (``torch.export.load`` unpickles weights, constants and example inputs with
+    ``weights_only=False``; a crafted archive runs code). The check is MLflow's own, the one
+    ``mlflow.pytorch.load_model`` applies; :data:`ALLOW_PICKLE_ENV` skips it."""
+    from mlflow.exceptions import MlflowException
+
+    if not pickle_allowed():
+        try:
+            from mlflow.pytorch import _validate_pt2_archive_is_pickle_free
+        except ImportError:  # fail closed: never load what cannot be checked
+            raise PspnetError(
+                f"{source}: this MLflow version cannot check {path.name} for pickle payloads, so it is not loaded. "
+                f"Install the locked MLflow (make install), or set {ALLOW_PICKLE_ENV}=true if you trust this store."
+            ) from None
+        try:
+            _validate_pt2_archive_is_pickle_free(str(path))
+        except MlflowException as err:
+            raise PspnetError(
+                f"{source}: refused to load {path.name}: it holds data that would be unpickled (running any code "
+                f"stored in it): {err.message.split('. ')[0]}. Register the model again from its checkpoint "
+                f"(`pspnet register`), or set {ALLOW_PICKLE_ENV}=true for this command only if you trust this store."
+            ) from None
+    import torch
+
+    return torch.export.load(str(path)).module()
+
+
+def _artifact_path(local: Path, flavors: dict[str, Any], key: str, uri: str) -> Path:
+    artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+    relative = (artifacts.get(key) or {}).get("path")
+    path = (local / relative).resolve() if relative else None
+    if path is None or not path.is_file() or not path.is_relative_to(local.resolve()):
+        raise PspnetError(f"{uri}: the model has no '{key}' artifact file; it was not logged by `pspnet register`.")
+    return path
+
+
+def _program_and_classes(uri: str, local: Path, flavors: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, list[str], list[list[int]]]:
+    """The raw-RGB program of an MLflow model (downloaded to ``local``) and its classes, for either
+    artefact layout. No code from the model is run: the logged pyfunc code is not imported, and
+    the network is a pickle-checked ``torch.export`` program."""
     from pspnet.registry.packaging import FORMAT, FORMAT_KEY
 
     if meta.get(FORMAT_KEY) == FORMAT:
-        wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        return wrapper.network, list(wrapper.class_names), [list(c) for c in wrapper.class_colors]
+        network = _artifact_path(local, flavors, serving_model.NETWORK_ARTIFACT, uri)
+        classes_file = _artifact_path(local, flavors, serving_model.CLASSES_ARTIFACT, uri)
+        try:
+            classes = json.loads(classes_file.read_text(encoding="utf-8"))
+            names, colors = list(classes["names"]), [list(c) for c in classes["colors"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise PspnetError(f"{uri}: its class file {classes_file.name} is malformed ({err}).") from None
+        return load_program(network, uri), names, colors
     if "pytorch" in flavors:  # the earlier layout: MLflow's pytorch flavour around the same program
+        data = local / str(flavors["pytorch"].get("model_data", "data"))
+        if (data / LEGACY_PROGRAM_FILE).is_file():
+            return load_program(data / LEGACY_PROGRAM_FILE, uri), [], []
+        if not pickle_allowed():
+            raise PspnetError(
+                f"{uri}: this version stores its network as a Python pickle (MLflow's pytorch flavour, "
+                "serialization_format 'pickle'); unpickling runs any code stored in the file, so it is refused. "
+                "Register the model again from its checkpoint (`pspnet register` logs a pickle-free torch.export "
+                f"program), or set {ALLOW_PICKLE_ENV}=true for this command only if you trust this store."
+            )
         import mlflow.pytorch
 
-        return mlflow.pytorch.load_model(uri), [], []
+        return mlflow.pytorch.load_model(str(local)), [], []
     raise PspnetError(
         f"{uri}: not a PSPNet model logged by this project (flavours: {', '.join(sorted(flavors))}; "
         f"metadata {FORMAT_KEY!r}: {meta.get(FORMAT_KEY)!r}). Register it with `pspnet register`, or pass a checkpoint file."
@@ -161,16 +236,19 @@ def _program_and_classes(uri: str, flavors: dict[str, Any], meta: dict[str, Any]
 def _from_mlflow(uri: str) -> Segmenter:
     import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
 
-    try:
-        info = mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as err:
-        raise PspnetError(
-            f"{uri}: cannot load this model ({err}). Check the name / alias / version, and that "
-            f"MLFLOW_TRACKING_URI points at the store holding it (now {mlflow.get_tracking_uri()!r})."
-        ) from None
-    meta = info.metadata or {}
-    program, names, colors = _program_and_classes(uri, info.flavors, meta)
+    with tempfile.TemporaryDirectory(prefix="pspnet-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            info = Model.load(str(local))
+        except (MlflowException, OSError) as err:
+            raise PspnetError(
+                f"{uri}: cannot load this model ({err}). Check the name / alias / version, and that "
+                f"MLFLOW_TRACKING_URI points at the store holding it (now {mlflow.get_tracking_uri()!r})."
+            ) from None
+        meta = info.metadata or {}
+        program, names, colors = _program_and_classes(uri, local, info.flavors, meta)
     buffers = dict(program.named_buffers())
     if MEAN_BUFFER not in buffers or STD_BUFFER not in buffers:
         raise PspnetError(f"{uri}: the network has no '{MEAN_BUFFER}' / '{STD_BUFFER}' normalisation buffers; not a PSPNet export.")

@@ -17,8 +17,10 @@ Steps:
    data version or protocol changed it is re-evaluated (loaded from the registry like any
    consumer would) and the new scores cached;
 5. the gate (:mod:`pspnet.registry.gate`: margin + paired bootstrap + per-class drop) decides;
-   the alias ``register.champion_alias`` moves only on promotion, after re-reading the
-   champion (if it moved meanwhile, the decision is made again against the new one);
+   the alias ``register.champion_alias`` moves only on promotion. Reading the champion, the
+   gate and moving the alias run under the promotion lock (:mod:`pspnet.registry.lock`), so
+   concurrent registrations against one store are serialised there; if the champion under
+   the lock is not the one that was scored, it is scored and the decision made again;
 6. record the decision and its numbers as version tags, in ``reports/registry.json`` (atomic
    write) and in the model card (``reports/model_card.md``, the run's
    ``registry/model_card.md``, the version's description).
@@ -45,6 +47,7 @@ from pspnet.errors import PspnetError
 from pspnet.evaluate.metrics import json_float
 from pspnet.evaluate.scores import ImageScores
 from pspnet.registry.gate import PROMOTED, REJECTED, GateResult, decide
+from pspnet.registry.lock import ensure_held, promotion_lock
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, setup_mlflow
 
 log = logging.getLogger(__name__)
@@ -296,33 +299,42 @@ def _already_champion(scores: ImageScores, cfg: Any, alias: str) -> GateResult:
 def _decide_and_promote(params: Params, root: Path, client: Any, version: str, scores: ImageScores) -> Outcome:
     """Judge ``version`` against the current champion; move the alias if it wins.
 
-    The champion is re-read right before the alias moves; if another registration moved it
-    meanwhile, the decision is made again against the new champion.
+    Reading the champion, the gate and moving the alias run under the promotion lock
+    (:mod:`pspnet.registry.lock`), so two registrations against one store never both judge
+    against the same old champion. Scoring a champion can take minutes (re-evaluation), so it
+    happens outside the lock, for the champion as last seen; if the champion under the lock is
+    another one, the lock is given back, that one is scored, and the decision is made again.
     """
     cfg = params.register_
+    known: dict[str, tuple[ImageScores | None, str | None, Incomparable | None]] = {}
     for _ in range(_MAX_DECISION_ATTEMPTS):
-        before = get_champion(client, cfg.model_name, cfg.champion_alias)
-        if before is not None and before.version == version:
-            return Outcome(_already_champion(scores, cfg, cfg.champion_alias), before, scores, "cached")
-        champ_scores, source = None, None
-        if before is not None:
+        seen = get_champion(client, cfg.model_name, cfg.champion_alias)
+        if seen is not None and seen.version != version and seen.version not in known:
             try:
-                champ_scores, source = champion_scores(params, root, client, before, scores)
+                known[seen.version] = (*champion_scores(params, root, client, seen, scores), None)
             except Incomparable as err:
-                gate = GateResult(REJECTED, str(err), cfg.metric, scores.metric(cfg.metric))
+                known[seen.version] = (None, None, err)
+        with promotion_lock(client, cfg.model_name, cfg.lock_timeout, cfg.lock_lease,
+                            purpose=f"promoting {cfg.model_name} v{version}") as lease:
+            before = get_champion(client, cfg.model_name, cfg.champion_alias)
+            if before is not None and before.version == version:
+                return Outcome(_already_champion(scores, cfg, cfg.champion_alias), before, scores, "cached")
+            if before is not None and before.version not in known:
+                log.info("the champion moved to v%s while v%s was being scored; deciding again", before.version,
+                         seen.version if seen else None)
+                continue
+            champ_scores, source, incomparable = known[before.version] if before is not None else (None, None, None)
+            if incomparable is not None:
+                gate = GateResult(REJECTED, str(incomparable), cfg.metric, scores.metric(cfg.metric))
                 return Outcome(gate, before, None, None)
-        gate = decide(scores, champ_scores, cfg, before.version if before else "")
-        if gate.decision != PROMOTED:
+            gate = decide(scores, champ_scores, cfg, before.version if before else "")
+            if gate.decision == PROMOTED:
+                ensure_held(client, lease)
+                client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, version)
             return Outcome(gate, before, champ_scores, source)
-        again = get_champion(client, cfg.model_name, cfg.champion_alias)
-        if again != before:
-            log.info("champion changed from %s to %s while deciding; deciding again", before, again)
-            continue
-        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, version)
-        return Outcome(gate, before, champ_scores, source)
     raise PspnetError(
-        f"the {cfg.champion_alias!r} alias of {cfg.model_name!r} kept changing while deciding "
-        f"({_MAX_DECISION_ATTEMPTS} attempts); another registration is running. Re-run `register`."
+        f"the {cfg.champion_alias!r} alias of {cfg.model_name!r} kept changing while its champion was being scored "
+        f"({_MAX_DECISION_ATTEMPTS} attempts); other registrations are running. Re-run `register`."
     )
 
 
