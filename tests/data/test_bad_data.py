@@ -29,8 +29,8 @@ from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import read_manifest
 from pspnet.data.prepare import prepare
 from pspnet.data.quarantine import effective_version, excluded_ids
-from pspnet.data.validate import validate
 from pspnet.errors import DataError
+from tests.data.validation_run import run_validate
 from pspnet.evaluate.stage import split_dataset
 
 HEIGHT, WIDTH = 16, 24
@@ -139,12 +139,7 @@ def _run(root: Path, params: Params, after_prepare: Callable[[Path], None] | Non
     prepare(params, root)
     if after_prepare is not None:
         after_prepare(root / PREPARED)
-    try:
-        validate(params, root)
-        error = None
-    except DataError as err:
-        error = err
-    return Run(root, error, json.loads((root / SUMMARY).read_text()))
+    return Run(root, *run_validate(params, root))
 
 
 # --------------------------------------------------------------------------------------------

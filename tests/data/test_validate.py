@@ -21,6 +21,7 @@ from pspnet.data import synthetic as syn
 from pspnet.data.prepare import prepare
 from pspnet.data.validate import dataset_checks, error_message, validate
 from pspnet.errors import DataError
+from tests.data.validation_run import run_validate
 
 PREPARED = "data/prepared"
 SUMMARY = "reports/validation/summary.json"
@@ -43,12 +44,7 @@ class Run:
 
 
 def _run_validate(root: Path, params: Params) -> Run:
-    try:
-        validate(params, root)
-        error = None
-    except DataError as err:
-        error = err
-    return Run(root, error, json.loads((root / SUMMARY).read_text()))
+    return Run(root, *run_validate(params, root))
 
 
 @pytest.fixture(scope="module")

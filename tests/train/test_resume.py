@@ -171,14 +171,6 @@ def _params(**train: object):
     return parse_params(raw)
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    write_prepared(root / "data" / "prepared", n_train=8, n_val=2, height=32, width=40)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return root
-
-
 def _leave_states(root: Path, params_kwargs: dict, tmp_path: Path) -> list[Path]:
     """Run a full training with the finished-run cleanup undone, leaving its resume states."""
     keep = tmp_path / "kept_states"

@@ -41,14 +41,6 @@ def _params(**overrides: dict) -> Params:
     return parse_params(raw)
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "project"
-    write_prepared(root / "data" / "prepared", n_train=8, n_val=2, height=32, width=40)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    return root
-
-
 def test_train_writes_outputs_and_tracks_the_run(project: Path, tmp_path: Path) -> None:
     summary = train(_params(), project)
 
@@ -141,18 +133,23 @@ def test_too_small_train_split_is_a_data_error(tmp_path: Path, monkeypatch: pyte
 
 
 def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
-    from pspnet.data.quarantine import QUARANTINE_COLUMNS, quarantine_path, write_quarantine
+    from pspnet.data.manifest import DATASET_FILE
+    from pspnet.data.quarantine import effective_version, quarantine_path, write_quarantine
 
+    (project / "data" / "prepared" / DATASET_FILE).write_text(json.dumps({"version": "v1"}))
     params = _params(train={"epochs": 1}, validate={"quarantine": True})
-    rows = [{"id": sid, "split": "train", "files": f"images/{sid}.png", "problems": "bad. Fix: x"} for sid in ("train_000", "train_001")]
-    write_quarantine(quarantine_path(params, project), rows)
-    assert set(rows[0]) == set(QUARANTINE_COLUMNS)
+    ids = ["train_000", "train_001"]
+    write_quarantine(
+        quarantine_path(params, project),
+        [{"id": sid, "split": "train", "files": f"images/{sid}.png", "problems": "bad. Fix: x"} for sid in ids],
+    )
 
     summary = train(params, project)
 
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.params["data.train_samples"] == "6"  # 8 train samples, 2 set aside
     assert run.data.tags["data.quarantined"] == "2"
-    assert run.data.tags["data.training_version"] != run.data.tags.get("data.version")
+    assert run.data.tags["data.version"] == "v1"
+    assert run.data.tags["data.training_version"] == effective_version("v1", ids) != "v1"
     # Quarantine off: the list is ignored.
     assert MlflowClient().get_run(train(_params(train={"epochs": 1}), project)["run_id"]).data.params["data.train_samples"] == "8"

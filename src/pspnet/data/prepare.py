@@ -393,21 +393,9 @@ def convert_source(
     )
 
 
-def _failure_message(head: str, messages: list[str], limit: int) -> str:
+def failure_message(head: str, messages: list[str], limit: int) -> str:
     more = [f"  ... and {len(messages) - limit} more"] if len(messages) > limit else []
     return "\n".join([head, *(f"  - {m}" for m in messages[:limit]), *more])
-
-
-def write_prepared(
-    folder: Path, data: SourceData, source: str, num_workers: int, max_failures: int, options: WriteOptions = WriteOptions()
-) -> pd.DataFrame:
-    """All or nothing: :func:`convert_source`'s manifest when every sample converts, else a
-    :class:`DataError` listing the rejected samples (at most ``max_failures`` of them)."""
-    converted = convert_source(folder, data, source, num_workers, options)
-    if len(converted.rejected):
-        head = f"prepare: source {source!r} has {len(converted.rejected)} problem(s); nothing was written:"
-        raise DataError(_failure_message(head, converted.messages(), max_failures))
-    return converted.manifest
 
 
 def content_version(manifest: pd.DataFrame, classes_json: bytes) -> str:
@@ -470,7 +458,7 @@ def prepare(params: Params, root: Path) -> dict[str, Any]:
             if rejected.empty:
                 raise DataError(f"prepare: source {name!r} yielded no samples. Fix data.source.location in params.yaml.")
             head = f"prepare: every sample of source {name!r} was rejected ({len(rejected)}); nothing was written:"
-            raise DataError(_failure_message(head, converted.messages(), params.validate_.max_failures_listed))
+            raise DataError(failure_message(head, converted.messages(), params.validate_.max_failures_listed))
         write_manifest(tmp / MANIFEST_FILE, manifest)
         write_rejected(tmp / REJECTED_FILE, rejected)
         data.classes.save(tmp / CLASSES_FILE)

@@ -438,11 +438,6 @@ class ExpectationRunner:
         return outcomes
 
 
-def run_expectations(tables: dict[str, pd.DataFrame], checks: list[Check], docs_dir: Path) -> list[Outcome]:
-    """Validate every table with its checks; the Data Docs site is built in ``docs_dir``."""
-    return ExpectationRunner(docs_dir).run(tables, checks)
-
-
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------

@@ -247,7 +247,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     checkpoint_path = models_dir / CHECKPOINT_FILE
     store = StateStore(models_dir / STATE_DIR, t.keep_checkpoints)
     store.remove_partial_writes()
-    fields = fingerprint_fields(params, dataset.ids, _data_version(prepared))
+    data_version = _data_version(prepared)
+    fields = fingerprint_fields(params, dataset.ids, data_version)
     saved = store.latest(fields) if t.resume == "auto" else None
     if saved is None:
         store.clear()  # states of another configuration (or resume: never) would only mislead
@@ -303,7 +304,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     if quarantined:
         tags |= {
             "data.quarantined": str(len(quarantined)),
-            "data.training_version": str(effective_version(_data_version(prepared), quarantined)),
+            "data.training_version": str(effective_version(data_version, quarantined)),
         }
     with stop_requests() as stop, _open_run(saved, experiment_id, tags) as run:
         run_id = run.info.run_id

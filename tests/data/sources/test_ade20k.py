@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pspnet.config import parse_params
-from pspnet.data.prepare import write_prepared
+from tests.data.sources.convert import write_prepared
 from pspnet.data.sources import ade20k
 from pspnet.data.sources.ade20k import ade20k_source
 from pspnet.data.sources.base import Expectations, SourceData, SourceFolders

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pspnet.config import parse_params
-from pspnet.data.prepare import write_prepared
+from tests.data.sources.convert import write_prepared
 from pspnet.data.sources import cityscapes
 from pspnet.data.sources.base import Expectations, SourceData, SourceFolders
 from pspnet.data.sources.cityscapes import cityscapes_source

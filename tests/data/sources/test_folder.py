@@ -12,7 +12,7 @@ from PIL import Image
 
 from pspnet.config import parse_params
 from pspnet.data.classes import ClassTable
-from pspnet.data.prepare import write_prepared
+from tests.data.sources.convert import write_prepared
 from pspnet.data.sources.base import (
     Expectations,
     SourceData,

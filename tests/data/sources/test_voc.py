@@ -13,7 +13,7 @@ import scipy.sparse
 from PIL import Image
 
 from pspnet.config import Params, parse_params
-from pspnet.data.prepare import write_prepared
+from tests.data.sources.convert import write_prepared
 from pspnet.data.sources.base import SourceFolders, palette_colors
 from pspnet.data.sources.voc import CLASS_NAMES, voc_source
 from pspnet.errors import DataError
