@@ -76,7 +76,7 @@ LOAD_ALLOWED: dict[tuple[str, str, str], str] = {
         "only with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, the user's explicit opt-in for a trusted store",
     ("src/pspnet/registry/serving_model.py", "SegmentationPyfunc.load_context", "torch.export.load("):
         "the served model's own code: it runs only where a user chose to load / serve that model",
-    ("src/pspnet/registry/register.py", "_probe", "mlflow.pyfunc.load_model("):
+    ("src/pspnet/registry/register.py", "probe_logged_model", "mlflow.pyfunc.load_model("):
         "loads back the version this very run has just logged, to check it serves",
 }
 #: Calls that deserialise arbitrary Python objects.

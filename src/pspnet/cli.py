@@ -107,8 +107,33 @@ def _make_stage_command(name: str, doc: str) -> None:
 _make_stage_command("prepare", "Write the canonical dataset (images/, masks/, manifest.csv, classes.json).")
 _make_stage_command("validate", "Check the prepared dataset with Great Expectations; fail on any bad sample.")
 _make_stage_command("train", "Train PSPNet; write the checkpoint and log the run to MLflow.")
-_make_stage_command("evaluate", "Score the checkpoint on val: metrics/eval.json, plots, overlays.")
 _make_stage_command("register", "Log + register the model in MLflow; move the champion alias if it is better.")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[
+        Optional[str],
+        typer.Option(help="Score this model instead (checkpoint path or MLflow URI, e.g. models:/pspnet@official-ade20k); "
+                     "reports go to --out and a new MLflow run, the pipeline's outputs are untouched."),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="With --model: report folder (default: <paths.metrics>/models/<model>).")] = None,
+    params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
+    root: RootOption = Path("."),
+) -> None:
+    """Score the checkpoint on val: metrics/eval.json, plots, overlays (or any --model, see pspnet.evaluate.stage)."""
+    if model is None:
+        if out is not None:
+            raise typer.BadParameter("--out goes with --model; the pipeline's evaluate writes to paths.metrics / paths.plots.")
+        run_stage("evaluate", params, root)
+        return
+    from pspnet.evaluate.stage import evaluate_model
+
+    _configure_logging()
+    root = root.resolve()
+    with exits_on_error("evaluate"):
+        summary = evaluate_model(load_params(_params_path(params, root)), root, model, out)
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command("import-data")
@@ -217,6 +242,34 @@ def ablation_command(
     _configure_logging()
     with exits_on_error("ablation"):
         summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("import-weights")
+def import_weights_command(
+    source: Annotated[Path, typer.Argument(help="The release file: a semseg train_epoch_*.pth or a Keras-port .h5.")],
+    format_: Annotated[str, typer.Option("--format", help="semseg (hszhao/semseg PyTorch checkpoint) | keras-h5 (the Keras port of the Caffe models).")],
+    dataset: Annotated[str, typer.Option(help="What the weights were trained on: ade20k | voc | cityscapes (class names and colours).")],
+    alias: Annotated[Optional[str], typer.Option(help="Registry alias (default: official-<dataset>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Converted checkpoint (default: <paths.models>/imported/<dataset>-<encoder>.pt).")] = None,
+    block_stride: Annotated[Optional[str], typer.Option(help="3x3 | 1x1: override where downsampling blocks stride (default: the release's own).")] = None,
+    allow_partial: Annotated[bool, typer.Option("--allow-partial", help="Load what fits; leave unfilled layers initialised (reported).")] = False,
+    params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
+    root: RootOption = Path("."),
+) -> None:
+    """Convert the authors' pretrained PSPNet weights, then log and register them in MLflow (see
+    pspnet.registry.imported); `predict` / `evaluate --model models:/<name>@official-<dataset>` use them."""
+    from pspnet.registry.imported import import_weights
+
+    _configure_logging()
+    root = root.resolve()
+    with exits_on_error("import-weights"):
+        params_path = _params_path(params, root)
+        loaded = load_params(params_path) if params_path.is_file() else parse_params({}, "<defaults>")
+        summary = import_weights(
+            loaded, root, source, format_, dataset, out=out, alias=alias, block_stride=block_stride,
+            allow_partial=allow_partial,
+        )
     typer.echo(json.dumps(summary, indent=2))
 
 

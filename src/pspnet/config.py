@@ -183,6 +183,11 @@ class ModelConfig(StrictModel):
     stem: Literal["auto", "deep", "standard"] = "auto"
     #: 8: layer3 and layer4 dilated (the paper); 16: only layer4 dilated (cheaper).
     output_stride: Literal[8, 16] = 8
+    #: Which conv of a downsampling bottleneck block carries its stride: ``3x3`` (the official
+    #: PyTorch code, torchvision, the Caffe PSPNet101) or ``1x1`` (its first 1x1 conv, as in the
+    #: Caffe PSPNet50 for ADE20K; ``import-weights`` sets it for those weights). Same weights,
+    #: other outputs. ResNet-18/34 (basic blocks) have no 1x1 conv: ``3x3`` only.
+    block_stride: Literal["3x3", "1x1"] = "3x3"
     #: The pyramid pooling module; ``false`` gives the paper's dilated-FCN baseline (the head
     #: sits directly on the layer4 features).
     ppm: bool = True

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 #: Annotate confusion-matrix cells with their value up to this many classes.
 _MAX_ANNOTATED_CLASSES = 20
+#: Class-label font size (points) of the confusion matrix; above _LABEL_FONT_BUDGET / size
+#: classes it shrinks to fit, down to _MIN_LABEL_FONT_SIZE.
+_LABEL_FONT_SIZE = 10.0
+_MIN_LABEL_FONT_SIZE = 3.0
+_LABEL_FONT_BUDGET = 450.0
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -68,8 +73,10 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true-class pixels")
-    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(n), labels=list(class_names))
+    # Many classes (ADE20K's 150) get smaller labels so that the matrix keeps its room.
+    fontsize = min(_LABEL_FONT_SIZE, max(_MIN_LABEL_FONT_SIZE, _LABEL_FONT_BUDGET / n))
+    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize)
+    ax.set_yticks(range(n), labels=list(class_names), fontsize=fontsize)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title or "Confusion matrix (row-normalised)")

@@ -49,6 +49,12 @@ OVERLAYS_DIR = "overlays"
 SPLIT = "val"
 #: Folder of the MLflow run's artifacts that receives this stage's files.
 ARTIFACT_DIR = "evaluation"
+#: Folder (under ``paths.metrics``) of ``evaluate --model`` reports, one subfolder per model.
+MODEL_REPORTS_DIR = "models"
+#: Tag of an ``evaluate --model`` run naming the model it scored.
+MODEL_TAG = "evaluate.model"
+#: How many class names a class-list mismatch message shows.
+NAMES_PREVIEWED = 5
 
 
 def _safe_name(text: str) -> str:
@@ -120,6 +126,44 @@ def _log_to_mlflow(
         raise PspnetError(f"could not log the evaluation into MLflow run {ref.run_id}: {err}") from None
 
 
+def mlflow_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The ``val_*`` metrics of a summary (mIoU, mAcc, allAcc and one IoU per class) for MLflow."""
+    metrics = {f"val_{k}": v for k, v in summary.items() if k in ("miou", "miou_absent_as_zero", "macc", "allacc")}
+    metrics.update({f"val_iou_{_safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
+    return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def write_reports(
+    result: SegmentationMetrics,
+    kept: dict[int, Any],
+    dataset: Any,
+    classes: Any,
+    cfg: EvaluateConfig,
+    metrics_dir: Path,
+    plots_dir: Path,
+) -> dict[str, Any]:
+    """Write ``eval.json``, ``per_class_iou.csv``, the confusion matrix and the overlays of the
+    ``kept`` images (``index -> (target, prediction)``); returns the metrics summary."""
+    from pspnet.data.dataset import load_image
+
+    summary = result.summary(classes.names)
+    io.write_json(metrics_dir / EVAL_JSON, {**summary, "num_images": len(dataset)})
+    _write_per_class_csv(metrics_dir / PER_CLASS_CSV, result, classes.names)
+    plot_confusion_matrix(result.matrix, classes.names, plots_dir / CONFUSION_PNG,
+                          title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
+    with io.atomic_dir(plots_dir / OVERLAYS_DIR) as tmp_dir:
+        for index in sorted(kept):
+            target, pred = kept[index]
+            sample_id = str(dataset.ids[index])
+            image = load_image(dataset.image_paths[index])  # the whole-image eval transform keeps the size
+            out = tmp_dir / f"{_safe_name(sample_id)}.png"
+            if out.exists():  # two ids that sanitise to the same name
+                out = tmp_dir / f"{_safe_name(sample_id)}-{index}.png"
+            plot_overlay(image, target, pred, classes.names, classes.colors, out,
+                         ignore_index=classes.ignore_index, alpha=cfg.overlay_alpha, title=sample_id)
+    return summary
+
+
 def evaluate(params: Params, root: Path) -> dict[str, Any]:
     """Score ``models/checkpoint.pt`` on the val split; write metrics and plots; log to MLflow.
 
@@ -127,7 +171,6 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     """
     import mlflow
 
-    from pspnet.data.dataset import load_image
     from pspnet.model.checkpoint import load_checkpoint
     started = time.perf_counter()
     root = Path(root)
@@ -174,31 +217,13 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     if result.num_pixels == 0:
         raise DataError(f"every pixel of the '{SPLIT}' split is ignore ({classes.ignore_index}); nothing to score.")
 
-    # Files.
-    summary = result.summary(classes.names)
-    eval_json = {**summary, "num_images": len(dataset)}
-    io.write_json(metrics_dir / EVAL_JSON, eval_json)
-    _write_per_class_csv(metrics_dir / PER_CLASS_CSV, result, classes.names)
+    summary = write_reports(result, kept, dataset, classes, cfg, metrics_dir, plots_dir)
     scored.images.save(metrics_dir / PER_IMAGE_NPZ)
-    plot_confusion_matrix(result.matrix, classes.names, plots_dir / CONFUSION_PNG,
-                          title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
     plot_training_curve(metrics_dir / TRAIN_HISTORY_CSV, plots_dir / TRAINING_CURVE_PNG)
     overlays_dir = plots_dir / OVERLAYS_DIR
-    with io.atomic_dir(overlays_dir) as tmp_dir:
-        for index in sorted(kept):
-            target, pred = kept[index]
-            sample_id = str(dataset.ids[index])
-            image = load_image(dataset.image_paths[index])  # the whole-image eval transform keeps the size
-            out = tmp_dir / f"{_safe_name(sample_id)}.png"
-            if out.exists():  # two ids that sanitise to the same name
-                out = tmp_dir / f"{_safe_name(sample_id)}-{index}.png"
-            plot_overlay(image, target, pred, classes.names, classes.colors, out,
-                         ignore_index=classes.ignore_index, alpha=cfg.overlay_alpha, title=sample_id)
 
     # MLflow: the train stage's run gets the validation scores and the files.
-    val_metrics = {f"val_{k}": v for k, v in summary.items() if k in ("miou", "miou_absent_as_zero", "macc", "allacc")}
-    val_metrics.update({f"val_iou_{_safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
-    val_metrics = {k: float(v) for k, v in val_metrics.items() if v is not None}
+    val_metrics = mlflow_metrics(summary)
     files = [
         (metrics_dir / EVAL_JSON, ARTIFACT_DIR),
         (metrics_dir / PER_CLASS_CSV, ARTIFACT_DIR),
@@ -218,3 +243,74 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         "run_id": ref.run_id,
         "seconds": seconds,
     }
+
+
+def evaluate_model(params: Params, root: Path, model: str, out: Path | None = None) -> dict[str, Any]:
+    """Score any model on the prepared val split, outside the pipeline: a checkpoint path or an
+    MLflow model URI (an imported official model, ``models:/pspnet@official-ade20k``, or an
+    earlier version).
+
+    Writes ``eval.json``, ``per_class_iou.csv``, ``confusion_matrix.png`` and ``overlays/`` into
+    ``out`` (default ``<paths.metrics>/models/<model>/``) and logs them with the ``val_*``
+    metrics into a new MLflow run ``evaluate <model>`` (tag :data:`MODEL_TAG`), so the model
+    sits beside the trained runs in the UI. The pipeline's own outputs are not touched. The
+    images are normalised as the model records (an imported Caffe model: its mean, no std).
+    """
+    import mlflow
+
+    from pspnet.predict import load_model
+    from pspnet.registry.tracking import dataset_tags, run_tags
+
+    started = time.perf_counter()
+    root = Path(root)
+    cfg = params.evaluate
+    prepared = root / params.paths.prepared
+    classes = load_classes(prepared, params.data.ignore_index)
+    segmenter = load_model(model, params, root)
+    if list(segmenter.class_names) != list(classes.names):
+        raise PspnetError(
+            f"{model} predicts {segmenter.num_classes} classes {_preview(segmenter.class_names)} but "
+            f"{prepared / CLASSES_FILE} lists {classes.num_classes} {_preview(classes.names)}. Prepare the dataset "
+            "the model was trained on (e.g. data.source.name: ade20k for an official ADE20K model), then `dvc repro validate`."
+        )
+    setup_mlflow(params.mlflow, root)
+    device = resolve_device(params.train.device)
+    network = segmenter.model.to(device).eval()
+    model_cfg = params.model.model_copy(update={"input_mean": segmenter.input_mean, "input_std": segmenter.input_std})
+    dataset = split_dataset(params, root, model_cfg)
+    context = {"data_version": data_version(prepared), "protocol": inference_tag(cfg), "model": model}
+    scored = score_dataset(
+        network, dataset, [str(i) for i in dataset.ids], classes.names, classes.ignore_index, cfg, device, context,
+        num_workers=params.train.num_workers, keep=lambda index: index < cfg.num_overlays, desc=f"evaluate {model}",
+    )
+    if scored.metrics.num_pixels == 0:
+        raise DataError(f"every pixel of the '{SPLIT}' split is ignore ({classes.ignore_index}); nothing to score.")
+    out = Path(out) if out is not None else root / params.paths.metrics / MODEL_REPORTS_DIR / _safe_name(model)
+    summary = write_reports(scored.metrics, scored.kept, dataset, classes, cfg, out, out)
+
+    mlflow.set_experiment(params.mlflow.experiment_name)
+    tags = {**run_tags(root), **dataset_tags(prepared), MODEL_TAG: model, INFERENCE_TAG: inference_tag(cfg)}
+    try:
+        with mlflow.start_run(run_name=f"evaluate {model}", tags=tags) as run:
+            mlflow.log_metrics(mlflow_metrics(summary))
+            mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(f"could not log the evaluation of {model} into MLflow: {err}") from None
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("evaluate %s: mIoU %.4f over %d images in %.1f s", model, scored.metrics.miou, len(dataset), seconds)
+    return {
+        "model": model,
+        "miou": summary["miou"],
+        "miou_absent_as_zero": summary["miou_absent_as_zero"],
+        "macc": summary["macc"],
+        "allacc": summary["allacc"],
+        "num_images": len(dataset),
+        "out": str(out),
+        "run_id": run.info.run_id,
+        "seconds": seconds,
+    }
+
+
+def _preview(names: Any) -> str:
+    names = list(names)
+    return f"{names[:NAMES_PREVIEWED]}{' ...' if len(names) > NAMES_PREVIEWED else ''}"

@@ -16,6 +16,10 @@ Two stems are offered:
 
 Both are followed by the 3x3 stride-2 max-pool.
 
+Where a downsampling bottleneck block strides is ``block_stride``: on its 3x3 conv (torchvision,
+the official PyTorch code and the Caffe PSPNet101) or on its first 1x1 conv (the Caffe PSPNet50
+released for ADE20K, whose weights need it). The weights have the same shapes either way.
+
 The encoder returns the two feature maps PSPNet uses: layer3 (input of the auxiliary head) and
 layer4 (input of the pyramid pooling module).
 """
@@ -44,6 +48,9 @@ ENCODER_CHANNELS: dict[str, tuple[int, int]] = {
     "resnet152": (1024, 2048),
 }
 
+#: Which conv of a downsampling bottleneck block strides (see :class:`ResNetEncoder`).
+BLOCK_STRIDES = ("3x3", "1x1")
+
 #: Named weights that smp downloads from the Hugging Face hub (needs internet).
 _NAMED_WEIGHTS = ("imagenet", "ssl", "swsl")
 
@@ -60,6 +67,8 @@ class ResNetEncoder(nn.Module):
             local ResNet state dict (torchvision / smp / official key names; ``fc.*`` dropped).
         stem: ``"deep"`` (official three 3x3 convs), ``"standard"`` (torchvision 7x7) or
             ``"auto"`` (deep for ResNet-50 and deeper, standard for 18/34).
+        block_stride: ``"3x3"`` (default) or ``"1x1"``: the conv of a downsampling bottleneck
+            block that carries its stride (``1x1`` for ResNet-50 and deeper only).
 
     Attributes:
         aux_channels: channels of the layer3 features (256 for ResNet-18/34, 1024 for 50+).
@@ -68,7 +77,12 @@ class ResNetEncoder(nn.Module):
     """
 
     def __init__(
-        self, name: str = "resnet50", output_stride: int = 8, weights: str = "none", stem: str = "auto"
+        self,
+        name: str = "resnet50",
+        output_stride: int = 8,
+        weights: str = "none",
+        stem: str = "auto",
+        block_stride: str = "3x3",
     ) -> None:
         super().__init__()
         if name not in ENCODER_CHANNELS:
@@ -85,15 +99,20 @@ class ResNetEncoder(nn.Module):
                 "give the path of a local deep-stem ResNet state dict (e.g. the official PSPNet "
                 "ImageNet initialisation, resnet50_v2.pth)."
             )
+        if block_stride not in BLOCK_STRIDES:
+            raise ConfigError(f"model.block_stride: unknown value {block_stride!r}; accepted: {', '.join(BLOCK_STRIDES)}.")
         self.name = name
         self.output_stride = output_stride
         self.stem = stem
+        self.block_stride = block_stride
         self.aux_channels, self.out_channels = ENCODER_CHANNELS[name]
         body = _build_smp_resnet(name, output_stride, weights if stem == "standard" else "none")
         if stem == "deep":
             _make_deep_stem(body)
             if weights != "none":
                 load_encoder_state(body, Path(weights))
+        if block_stride == "1x1":
+            _stride_on_first_conv(body, name)
         self.body = body
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,6 +156,21 @@ def _build_smp_resnet(name: str, output_stride: int, weights: str) -> nn.Module:
     if weights != "none":
         load_encoder_state(encoder, Path(weights))
     return encoder
+
+
+def _stride_on_first_conv(body: nn.Module, name: str) -> None:
+    """Move the stride of every downsampling bottleneck block from its 3x3 conv to its first 1x1
+    conv (the original ResNet / Caffe layout). Output sizes are unchanged: a stride-2 1x1 conv
+    and a stride-2 padded 3x3 conv both give ``ceil(side / 2)``."""
+    for layer_name in ("layer1", "layer2", "layer3", "layer4"):
+        for block in getattr(body, layer_name):
+            if not hasattr(block, "conv3"):
+                raise ConfigError(
+                    f"model.block_stride='1x1' needs bottleneck blocks (ResNet-50 and deeper); {name} has "
+                    "basic blocks without a 1x1 conv. Set model.block_stride: 3x3."
+                )
+            if block.conv2.stride != (1, 1):
+                block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
 
 
 def _init_like_torchvision(module: nn.Module) -> None:

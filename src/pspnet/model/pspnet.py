@@ -108,7 +108,11 @@ def build_model(cfg: ModelConfig, num_classes: int) -> PSPNet:
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     encoder = ResNetEncoder(
-        cfg.encoder, output_stride=cfg.output_stride, weights=cfg.encoder_weights, stem=cfg.resolved_stem
+        cfg.encoder,
+        output_stride=cfg.output_stride,
+        weights=cfg.encoder_weights,
+        stem=cfg.resolved_stem,
+        block_stride=cfg.block_stride,
     )
     ppm = None
     head_in = encoder.out_channels

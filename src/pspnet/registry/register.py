@@ -238,7 +238,7 @@ def _find_existing_version(client: Any, model_name: str, run_id: str, checkpoint
     return None
 
 
-def _probe(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None:
+def probe_logged_model(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None:
     """Load the logged model back as a pyfunc (the serving path) and check that it reproduces the
     checkpoint's class map on a random image of ``size`` (neither the export example's size nor
     its batch)."""
@@ -270,7 +270,7 @@ def _probe(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None:
         )
 
 
-def _class_tags(ckpt: Any) -> dict[str, str]:
+def class_tags(ckpt: Any) -> dict[str, str]:
     names = json.dumps(list(ckpt.meta.get("class_names", [])))
     colors = json.dumps([list(c) for c in ckpt.meta.get("class_colors", [])])
     return {
@@ -420,8 +420,8 @@ def register(params: Params, root: Path) -> dict:
     else:
         info = log_segmentation_model(ckpt, run_ref.run_id, checkpoint_sha, cfg.export_example_size)
         logged_model_uri = info.model_uri
-        _probe(logged_model_uri, ckpt, cfg.probe_size)
-        tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, **_class_tags(ckpt)}
+        probe_logged_model(logged_model_uri, ckpt, cfg.probe_size)
+        tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, **class_tags(ckpt)}
         # Creates the registered model on first use (and tolerates a concurrent creation).
         mv = mlflow.register_model(logged_model_uri, cfg.model_name, tags=tags)
     version = str(mv.version)
