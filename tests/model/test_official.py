@@ -226,3 +226,24 @@ def test_block_stride_moves_the_stride_and_needs_bottlenecks() -> None:
     assert shapes == [(1, 1024, 8, 10), (1, 2048, 8, 10)]
     with pytest.raises(ConfigError, match=r"model\.block_stride='1x1' needs bottleneck blocks.*resnet18"):
         ResNetEncoder("resnet18", block_stride="1x1")
+
+
+def test_an_imported_checkpoint_initialises_a_new_models_encoder(tmp_path: Path) -> None:
+    """Fine-tuning from the authors' weights: model.encoder_weights may name an imported (or any
+    pspnet) checkpoint; its encoder is loaded, and a block-stride mismatch is refused by name."""
+    from pspnet.config import ModelConfig
+    from pspnet.model.checkpoint import save_checkpoint
+    from pspnet.model.pspnet import build_model
+
+    write_keras_h5(tmp_path / "pspnet50_ade20k.h5", layers=50, classes=150, seed=5)
+    conversion = convert(tmp_path / "pspnet50_ade20k.h5", "keras-h5")
+    ckpt = tmp_path / "ade20k-resnet50.pt"
+    save_checkpoint(ckpt, conversion.model, conversion.model_cfg, 150, {})
+
+    cfg = ModelConfig(encoder="resnet50", stem="deep", block_stride="1x1", encoder_weights=str(ckpt))
+    model = build_model(cfg, num_classes=11)  # another dataset: new head, the official encoder
+    ours, theirs = model.encoder.state_dict(), conversion.model.encoder.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    with pytest.raises(ConfigError, match=r"stride on their 1x1 conv, but model\.block_stride is '3x3'.*block_stride: 1x1"):
+        build_model(cfg.model_copy(update={"block_stride": "3x3"}), num_classes=11)

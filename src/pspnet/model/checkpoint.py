@@ -22,9 +22,10 @@ from pydantic import ValidationError
 from pspnet import io
 from pspnet.config import ModelConfig
 from pspnet.errors import PspnetError
+from pspnet.model.encoder import PSPNET_CHECKPOINT_FORMAT
 from pspnet.model.pspnet import PSPNet, build_model
 
-CHECKPOINT_FORMAT = "pspnet-checkpoint"
+CHECKPOINT_FORMAT = PSPNET_CHECKPOINT_FORMAT
 CHECKPOINT_VERSION = 1
 #: What torch's ``weights_only`` unpickler says when a file holds objects of arbitrary classes.
 WEIGHTS_ONLY_REFUSAL = "Unsupported global"

@@ -51,6 +51,11 @@ ENCODER_CHANNELS: dict[str, tuple[int, int]] = {
 #: Which conv of a downsampling bottleneck block strides (see :class:`ResNetEncoder`).
 BLOCK_STRIDES = ("3x3", "1x1")
 
+#: The ``format`` entry of a pspnet checkpoint (``pspnet.model.checkpoint``; not imported from
+#: there, which imports this module) and the key prefix of its encoder.
+PSPNET_CHECKPOINT_FORMAT = "pspnet-checkpoint"
+ENCODER_PREFIX = "encoder."
+
 #: Named weights that smp downloads from the Hugging Face hub (needs internet).
 _NAMED_WEIGHTS = ("imagenet", "ssl", "swsl")
 
@@ -106,11 +111,17 @@ class ResNetEncoder(nn.Module):
         self.stem = stem
         self.block_stride = block_stride
         self.aux_channels, self.out_channels = ENCODER_CHANNELS[name]
-        body = _build_smp_resnet(name, output_stride, weights if stem == "standard" else "none")
+        body, source_stride = _build_smp_resnet(name, output_stride, weights if stem == "standard" else "none")
         if stem == "deep":
             _make_deep_stem(body)
             if weights != "none":
-                load_encoder_state(body, Path(weights))
+                source_stride = load_encoder_state(body, Path(weights))
+        if source_stride not in (None, block_stride):
+            raise ConfigError(
+                f"model.encoder_weights={weights!r} comes from a model whose downsampling blocks stride on "
+                f"their {source_stride} conv, but model.block_stride is {block_stride!r}: the weights would "
+                f"run in another network. Set model.block_stride: {source_stride}."
+            )
         if block_stride == "1x1":
             _stride_on_first_conv(body, name)
         self.body = body
@@ -138,12 +149,13 @@ class ResNetEncoder(nn.Module):
         return c3, c4
 
 
-def _build_smp_resnet(name: str, output_stride: int, weights: str) -> nn.Module:
+def _build_smp_resnet(name: str, output_stride: int, weights: str) -> tuple[nn.Module, str | None]:
+    """The smp ResNet and, for weights from a pspnet checkpoint, its ``block_stride``."""
     from segmentation_models_pytorch.encoders import get_encoder
 
     if weights in _NAMED_WEIGHTS:
         try:
-            return get_encoder(name, in_channels=3, depth=5, weights=weights, output_stride=output_stride)
+            return get_encoder(name, in_channels=3, depth=5, weights=weights, output_stride=output_stride), None
         except Exception as err:  # network, hub or key errors: all mean "no weights"
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise PspnetError(
@@ -153,9 +165,8 @@ def _build_smp_resnet(name: str, output_stride: int, weights: str) -> nn.Module:
                 "Offline, set model.encoder_weights to 'none' or to the path of a local ResNet state dict."
             ) from None
     encoder = get_encoder(name, in_channels=3, depth=5, weights=None, output_stride=output_stride)
-    if weights != "none":
-        load_encoder_state(encoder, Path(weights))
-    return encoder
+    source_stride = load_encoder_state(encoder, Path(weights)) if weights != "none" else None
+    return encoder, source_stride
 
 
 def _stride_on_first_conv(body: nn.Module, name: str) -> None:
@@ -204,12 +215,15 @@ def _make_deep_stem(body: nn.Module) -> None:
         _init_like_torchvision(getattr(body, name))
 
 
-def load_encoder_state(encoder: nn.Module, path: Path) -> None:
+def load_encoder_state(encoder: nn.Module, path: Path) -> str | None:
     """Load a local ResNet state dict into an smp ResNet encoder (strict, ``fc.*`` dropped).
 
     Accepts a plain state dict, or a dict holding it under ``state_dict`` / ``model``; key
     prefixes ``module.`` (DataParallel), ``encoder.`` (smp models) and ``body.`` (this
-    module) are stripped. Missing and unexpected keys are named in the error.
+    module) are stripped. A pspnet checkpoint (``pspnet train`` or ``pspnet import-weights``,
+    e.g. the authors' ADE20K model) gives its encoder, and its ``model.block_stride`` is
+    returned (``None`` for other files) for the caller to check. Missing and unexpected keys
+    are named in the error.
     """
     if not path.is_file():
         raise ConfigError(
@@ -220,11 +234,17 @@ def load_encoder_state(encoder: nn.Module, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise PspnetError(f"{path}: not a loadable PyTorch state dict ({err}).") from None
+    source_stride = None
     if isinstance(state, dict):
+        whole_model = state.get("format") == PSPNET_CHECKPOINT_FORMAT
+        if whole_model and isinstance(state.get("model_cfg"), dict):
+            source_stride = str(state["model_cfg"].get("block_stride", BLOCK_STRIDES[0]))
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]
                 break
+        if whole_model:  # a pspnet checkpoint (trained or imported): its encoder only
+            state = {k: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PspnetError(f"{path}: expected a mapping of parameter names to tensors (a ResNet state dict).")
     cleaned: dict[str, torch.Tensor] = {}
@@ -253,6 +273,7 @@ def load_encoder_state(encoder: nn.Module, path: Path) -> None:
         )
     # nn.Module.load_state_dict directly: smp's override mutates its argument.
     nn.Module.load_state_dict(encoder, cleaned, strict=True)
+    return source_stride
 
 
 #: How many keys an error message lists before summarising the rest.
