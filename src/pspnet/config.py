@@ -218,6 +218,10 @@ class ModelConfig(StrictModel):
         return resolve_stem(self.encoder, self.stem)
 
 
+#: The old ``train.amp`` values and the ``train.precision`` each means.
+LEGACY_AMP = {"true": "bf16", "false": "fp32", "auto": "auto"}
+
+
 class TrainConfig(StrictModel):
     """SGD with the poly schedule, as in the paper (base LR for the encoder, x10 for new layers),
     the paper's augmentation, and optional warm-up, class weights, OHEM and a frozen encoder."""
@@ -268,10 +272,30 @@ class TrainConfig(StrictModel):
     freeze_encoder: bool = False
     #: ``auto`` uses CUDA when present, else the CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Mixed precision: forward pass under bfloat16 autocast (weights, gradients and loss stay
-    #: float32). ``auto``: on where bfloat16 is fast (CUDA GPUs that support it, CPUs with
-    #: AVX512-BF16 / AMX), off elsewhere (emulated bfloat16 is slower than float32).
-    amp: bool | Literal["auto"] = "auto"
+    #: Arithmetic of the forward pass: ``fp32``, or ``bf16`` / ``fp16`` autocast (weights,
+    #: gradients, optimizer state and the loss stay float32; ``fp16`` adds a gradient scaler,
+    #: saved in the resume checkpoints). ``auto``: bf16 where it is fast (CUDA GPUs with native
+    #: bf16, CPUs with AVX512-BF16 / AMX), fp16 on older CUDA GPUs, fp32 on other CPUs. The old
+    #: key ``amp`` is still read: true = bf16, false = fp32, auto = auto.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    #: Optimizer steps accumulate the gradients of this many micro-batches of ``batch_size``
+    #: images: the effective batch is ``batch_size * accumulate_steps`` (the paper's 16 on one
+    #: GPU: 8 x 2). BatchNorm statistics are still those of a micro-batch. The LR schedule,
+    #: logging and resume checkpoints count optimizer steps.
+    accumulate_steps: PositiveInt = 1
+    #: Model and inputs in channels-last (NHWC) memory order, which tensor-core convolutions
+    #: read natively. ``auto``: on CUDA, off on the CPU.
+    channels_last: bool | Literal["auto"] = "auto"
+    #: ``torch.compile`` the model, CUDA only (refused on the CPU). The first step pays the
+    #: compilation (75-97 s for PSPNet-R50 on an H100), which the log reports; it gave no
+    #: speed-up there (docs/results/gpu-h100.md).
+    compile: bool = False
+    #: cuDNN times its kernels for the (fixed) crop size and keeps the fastest (CUDA only).
+    cudnn_benchmark: bool = True
+    #: Activation checkpointing of the encoder's residual blocks: their activations are
+    #: recomputed in the backward pass instead of stored (less memory, about one more encoder
+    #: forward pass of compute). Same gradients and BatchNorm statistics.
+    grad_checkpoint: bool = False
     num_workers: NonNegativeInt = 0
     #: Log the running loss to MLflow every this many optimisation steps.
     log_every_n_steps: PositiveInt = 10
@@ -284,6 +308,24 @@ class TrainConfig(StrictModel):
     #: ``auto``: continue from the newest resume checkpoint of the same configuration and data,
     #: if there is one; ``never``: always start from scratch.
     resume: Literal["auto", "never"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_is_precision(cls, data: Any) -> Any:
+        """The old ``train.amp`` (true | false | auto) becomes ``train.precision``."""
+        if not isinstance(data, Mapping) or "amp" not in data:
+            return data
+        data = dict(data)
+        amp = data.pop("amp")
+        mapped = LEGACY_AMP.get(str(amp).lower()) if isinstance(amp, (bool, str)) else None
+        if mapped is None:
+            raise ValueError(f"train.amp (now train.precision) must be true, false or auto, got {amp!r}")
+        if data.setdefault("precision", mapped) != mapped:
+            raise ValueError(
+                f"train.amp: {amp!r} (the old name) contradicts train.precision: {data['precision']!r}; "
+                "remove train.amp"
+            )
+        return data
 
     @field_validator("scale_range")
     @classmethod

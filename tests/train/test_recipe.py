@@ -26,7 +26,7 @@ from tests.train.tinydata import write_prepared
 
 CPU = torch.device("cpu")
 TINY_MODEL = {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8}
-TINY_TRAIN = {"epochs": 1, "batch_size": 4, "crop_size": [32, 40], "lr": 0.01, "device": "cpu", "amp": False}
+TINY_TRAIN = {"epochs": 1, "batch_size": 4, "crop_size": [32, 40], "lr": 0.01, "device": "cpu", "precision": "fp32"}
 
 
 def _params(**train: object) -> Params:

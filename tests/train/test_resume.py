@@ -38,7 +38,7 @@ PARAMS = {
         "lr": 0.01,
         "log_every_n_steps": 1,
         "device": "cpu",
-        "amp": False,
+        "precision": "fp32",
         "checkpoint_every_n_steps": 3,
         "keep_checkpoints": 2,
     },

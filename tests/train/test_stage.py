@@ -16,7 +16,8 @@ from pspnet.errors import ConfigError, PspnetError
 from pspnet.model.checkpoint import load_checkpoint
 from pspnet.registry.tracking import RunRef
 from pspnet.device import resolve_device
-from pspnet.train.stage import resolve_amp, train
+from pspnet.train.accel import resolve_precision
+from pspnet.train.stage import train
 from tests.train.tinydata import NAMES, write_prepared
 
 TINY = {
@@ -91,11 +92,11 @@ def test_train_writes_outputs_and_tracks_the_run(project: Path, tmp_path: Path) 
 
 
 def test_training_is_reproducible(project: Path) -> None:
-    params = _params(train={"epochs": 1, "amp": False})  # also covers the float32 path
+    params = _params(train={"epochs": 1, "precision": "fp32"})  # also covers the float32 path
     first = train(params, project)
     second = train(params, project)
     assert first["final_loss"] == second["final_loss"]
-    assert first["amp"] is False
+    assert first["precision"] == "fp32" and first["amp"] is False
     assert first["run_id"] != second["run_id"]
 
 
@@ -110,12 +111,12 @@ def test_unusable_store_fails_before_training(project: Path, monkeypatch: pytest
     assert mlflow.active_run() is None
 
 
-def test_device_and_amp_resolution() -> None:
+def test_device_and_precision_resolution() -> None:
     cpu = resolve_device("cpu")
     assert cpu.type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_amp(False, cpu) is False and resolve_amp(True, cpu) is True
-    assert isinstance(resolve_amp("auto", cpu), bool)
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) in ("bf16", "fp32")  # no fp16 by default on a CPU
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="cuda"):
             resolve_device("cuda")

@@ -1,6 +1,12 @@
 """One training epoch: forward, the loss (:mod:`pspnet.train.loss`), SGD step, LR schedule
 step, progress bar.
 
+A loader batch is one optimisation step. With gradient accumulation the loader yields the
+whole effective batch and it is split into micro-batches here (:func:`pspnet.train.accel.micro_batches`),
+whose gradients add up before the one optimizer step; the position a resume checkpoint stores
+is therefore always at an optimizer-step boundary. Precision, memory layout and the gradient
+scaler come from :mod:`pspnet.train.accel`.
+
 Frozen modules (a frozen encoder): their BatchNorm layers are put back into eval mode right
 after ``model.train()``, so their running statistics stay fixed (their parameters are frozen
 by :func:`pspnet.train.optim.freeze_encoder`).
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pspnet.errors import PspnetError
+from pspnet.train.accel import autocast, memory_format, micro_batches
 from pspnet.train.loss import Outputs
 
 #: ``criterion(outputs, target) -> scalar loss`` (e.g. :class:`pspnet.train.loss.SegmentationCriterion`).
@@ -120,15 +128,23 @@ def train_one_epoch(
     resume_from: EpochProgress | None = None,
     on_step: StepCallback | None = None,
     progress: bool = True,
-    amp: bool = False,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    channels_last: bool = False,
+    micro_batch: int | None = None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader`` (batches of ``(image, mask)``).
 
     ``criterion(outputs, mask)`` gives the loss. The BatchNorm layers of the ``frozen`` modules
     stay in eval mode. The progress bar shows the running mean loss, the current encoder LR,
-    the rate and the ETA. ``amp`` runs the forward pass under bfloat16 autocast (weights,
-    gradients and the loss stay float32). ``resume_from`` continues an epoch a resume
-    checkpoint interrupted (``loader`` then yields only its remaining batches; ``epoch`` and
+    the rate and the ETA. ``precision`` ``bf16`` / ``fp16`` runs the forward pass under
+    autocast (weights, gradients and the loss stay float32); ``scaler`` (fp16) scales the loss
+    before the backward pass and skips a step whose gradients overflowed. ``channels_last``
+    moves the inputs to NHWC (the model must be converted by the caller). ``micro_batch``
+    splits every loader batch into micro-batches of about that many images whose gradients
+    are accumulated into one optimizer step (``None``: the batch in one pass). ``model`` may
+    be a ``torch.compile`` wrapper. ``resume_from`` continues an epoch a resume checkpoint
+    interrupted (``loader`` then yields only its remaining batches; ``epoch`` and
     ``global_step`` come from it). Raises :class:`TrainingDiverged` when the loss stops being
     finite, before that step changes the weights.
     """
@@ -147,25 +163,30 @@ def train_one_epoch(
         mininterval=1.0,
     )
     earlier_seconds = state.seconds
+    layout = memory_format(channels_last)
     for image, mask in bar:
-        image = image.to(device, non_blocking=True)
+        image = image.to(device, non_blocking=True, memory_format=layout)
         mask = mask.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs = model(image)
-        if amp:
-            outputs = _to_float(outputs)
-        loss = criterion(outputs, mask)
-        value = float(loss.detach())
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=device)
+        for part_image, part_mask, share in micro_batches(image, mask, micro_batch):
+            with autocast(precision, device):
+                outputs = model(part_image)
+            if precision != "fp32":
+                outputs = _to_float(outputs)
+            loss = criterion(outputs, part_mask)
+            if share != 1.0:
+                loss = loss * share
+            step_loss += loss.detach()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        value = float(step_loss)  # the one host sync of a step
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged: loss is {value} at epoch {state.epoch}, step {state.global_step + 1}. "
                 "Lower train.lr or check the labels (ids must be < number of classes or the ignore index)."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         state.lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
+        _optimizer_step(optimizer, scheduler, scaler)
         state.global_step += 1
         state.batches += 1
         state.images += int(image.shape[0])
@@ -186,3 +207,21 @@ def train_one_epoch(
         lr=state.lr,
         global_step=state.global_step,
     )
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler | None
+) -> None:
+    """The optimizer step (through ``scaler``: skipped when the fp16 gradients overflowed, and
+    the scale lowered), then the schedule's. The schedule counts every step, skipped or not,
+    so its position stays a function of the step count (what a resume restores)."""
+    if scaler is None:
+        optimizer.step()
+        scheduler.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
+    with warnings.catch_warnings():
+        # A skipped first step makes torch warn that the schedule stepped before the optimizer.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()

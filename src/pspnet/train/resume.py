@@ -4,15 +4,16 @@ steps so that a crash, a kill or a preemption costs at most that many steps.
 A state file (``<models>/train_state/step-<global step>.pt``) holds everything the next step
 depends on, so a resumed run continues bit for bit (on the CPU) where the saved one was:
 
-- model, optimizer (SGD momentum buffers) and LR scheduler state dicts;
+- model, optimizer (SGD momentum buffers) and LR scheduler state dicts, and the fp16 gradient
+  scaler's (its current scale and growth tracker; ``None`` for fp32 / bf16, which need none);
 - the RNG states of torch (CPU and CUDA), NumPy and Python (dropout draws from torch's);
 - the position: epoch, batches done in it, global step (the sample order and augmentation are
-  a function of the position: :mod:`pspnet.train.sampling`), and the epoch's running sums;
+  a function of the position: :mod:`pspnet.train.sampling`), and the epoch's running sums. A
+  batch is one optimizer step, all its accumulated micro-batches included
+  (``train.accumulate_steps``), so a state never holds a partial accumulation;
 - the finished epochs' statistics, the MLflow run id (the resumed run logs into the same run);
 - a fingerprint of what the run trains on (model and train parameters, the train sample ids,
   the data version): a state from another configuration is never resumed.
-
-There is no gradient scaler to save: mixed precision is bfloat16 autocast, which needs none.
 
 Files are written atomically (:func:`pspnet.io.atomic_path`) and only the newest
 ``train.keep_checkpoints`` are kept; a state that fails to load falls back to the one before.
@@ -44,10 +45,16 @@ STATE_FORMAT = "pspnet-train-state"
 STATE_VERSION = 1
 _STATE_NAME = re.compile(r"step-(\d+)\.pt")
 #: ``train.*`` fields that do not change what is computed, so a state saved under other values
-#: of them still resumes (where to run, how often to save or log, how many loader workers).
+#: of them still resumes (where to run, how often to save or log, how many loader workers, and
+#: how the same arithmetic is laid out and scheduled on the hardware: memory order,
+#: compilation, cuDNN kernel choice, activation recomputation). Precision and
+#: ``accumulate_steps`` do change it, so they are part of the fingerprint.
 NON_NUMERIC_TRAIN_FIELDS = frozenset(
-    {"device", "num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "keep_checkpoints", "resume"}
-)
+    {
+        "device", "num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "keep_checkpoints", "resume",
+        "channels_last", "compile", "cudnn_benchmark", "grad_checkpoint",
+    }
+)  # fmt: skip
 
 
 def fingerprint_fields(params: Params, sample_ids: list[str], data_version: str | None) -> dict[str, Any]:

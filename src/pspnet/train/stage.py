@@ -4,8 +4,10 @@ Writes (relative to the project root):
 - ``models/checkpoint.pt``: weights + model config + class table (see :mod:`pspnet.model.checkpoint`);
 - ``models/mlflow_run.json``: the :class:`~pspnet.registry.tracking.RunRef` that ``evaluate`` and
   ``register`` reopen;
-- ``metrics/train.json``: final_loss, epochs, steps, seconds (the training loop's),
-  seconds_per_step, images_per_second, device, amp (whether bfloat16 autocast ran);
+- ``metrics/train.json``: final_loss, epochs, steps (optimizer steps), seconds (the training
+  loop's), seconds_per_step, images_per_second, device, precision (fp32 / bf16 / fp16 as
+  used), amp (whether mixed precision ran), effective_batch_size, channels_last, compiled,
+  first_step_seconds (includes the compilation when ``train.compile``);
 - ``metrics/train_history.csv``: one row per epoch (epoch, step, loss, lr, seconds,
   images_per_second);
 - ``models/train_state/step-<N>.pt``: resume checkpoints (the whole training state) every
@@ -24,6 +26,12 @@ augmentation, SGD with two LR groups, poly schedule after an optional warm-up, t
 deep-supervised loss with optional class weights (computed once from the train masks) and
 OHEM, an optionally frozen encoder. One log line at the start summarises it.
 
+How it runs (:mod:`pspnet.train.accel`): ``train.precision``, ``train.channels_last``,
+``train.compile``, ``train.cudnn_benchmark``, ``train.grad_checkpoint`` and
+``train.accumulate_steps`` (the loader yields ``batch_size * accumulate_steps`` images per
+optimizer step, split into micro-batches by the loop); pinned memory and non-blocking copies on
+CUDA, persistent loader workers.
+
 MLflow: the store is checked first (a bad store fails before any training); the run gets
 ``run_tags`` (git commit, DVC experiment), every parameter (``params.to_flat_dict()``), the
 class weights actually used (``train.class_weights_used``), the step loss / LR every
@@ -38,6 +46,7 @@ import csv
 import io as _stdio
 import logging
 import random
+import time
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +67,16 @@ from pspnet.errors import DataError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model, count_parameters
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
+from pspnet.train.accel import (
+    checkpoint_blocks,
+    compile_model,
+    configure_cudnn,
+    loader_options,
+    make_scaler,
+    memory_format,
+    resolve_channels_last,
+    resolve_precision,
+)
 from pspnet.train.loop import EpochProgress, EpochStats, TrainingDiverged, train_one_epoch
 from pspnet.train.resume import STATE_DIR, SavedState, StateStore, capture_rng, fingerprint, fingerprint_fields, restore_rng
 from pspnet.train.sampling import EpochSampler, SeededSamples
@@ -86,24 +105,6 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16, or oneDNN on a
-    CPU with AVX512-BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(setting: bool | str, device: torch.device) -> bool:
-    """``train.amp`` -> whether to autocast to bfloat16 (``auto``: where it is fast)."""
-    if setting == "auto":
-        return bf16_is_fast(device)
-    return bool(setting)
-
-
 def _worker_init(worker_id: int) -> None:
     """Per-worker global seeds (the augmentation is reseeded per sample: :mod:`pspnet.train.sampling`);
     workers leave SIGTERM / SIGINT to the main process, which saves a resume checkpoint first."""
@@ -116,22 +117,23 @@ def _worker_init(worker_id: int) -> None:
 def make_train_loader(dataset: SegmentationDataset, params: Params, device: torch.device) -> DataLoader:
     """The train loader: shuffled per epoch from ``(train.seed, epoch)`` and each sample
     augmented from ``(train.seed, epoch, position)`` (:class:`~pspnet.train.sampling.EpochSampler`;
-    call ``loader.sampler.set_epoch(epoch, start)`` before each epoch). The last incomplete
-    batch is dropped (BatchNorm in the PPM's 1x1 bin needs at least two images per batch)."""
+    call ``loader.sampler.set_epoch(epoch, start)`` before each epoch). One loader batch is one
+    optimizer step: ``batch_size * accumulate_steps`` images, which the loop splits into
+    micro-batches. The last incomplete batch is dropped (BatchNorm in the PPM's 1x1 bin needs
+    at least two images per batch)."""
     if len(dataset) < 2:
         raise DataError(f"the train split has {len(dataset)} sample(s); training needs at least 2.")
     t = params.train
     return DataLoader(
         SeededSamples(dataset),
-        batch_size=min(t.batch_size, len(dataset)),
+        batch_size=min(t.batch_size * t.accumulate_steps, len(dataset)),
         sampler=EpochSampler(len(dataset), t.seed),
         drop_last=True,
         num_workers=t.num_workers,
         worker_init_fn=_worker_init if t.num_workers > 0 else None,
         # The loader's own generator (worker base seeds): the global torch RNG is left to dropout.
         generator=torch.Generator().manual_seed(t.seed),
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        **loader_options(t.num_workers, device),
     )
 
 
@@ -162,8 +164,11 @@ def describe_recipe(params: Params, optimizer: torch.optim.Optimizer, criterion:
     warmup = f"{t.warmup_iters} warm-up iters from x{t.warmup_ratio:g}" if t.warmup_iters > 0 else "no warm-up"
     rotate = f"rotate +-{t.rotate_degrees:g} deg p={t.rotate_p:g}" if t.rotate_degrees > 0 and t.rotate_p > 0 else "no rotation"
     blur = f"blur p={t.blur_p:g}" if t.blur_p > 0 else "no blur"
+    batch = f"batch {t.batch_size}" + (
+        f" x {t.accumulate_steps} accumulated = {t.batch_size * t.accumulate_steps}" if t.accumulate_steps > 1 else ""
+    )
     return (
-        f"recipe: SGD momentum {t.momentum:g} wd {t.weight_decay:g} [{describe_groups(optimizer)}]; "
+        f"recipe: {batch}; SGD momentum {t.momentum:g} wd {t.weight_decay:g} [{describe_groups(optimizer)}]; "
         f"poly power {t.poly_power:g} over {max_iter} iters, {warmup}; "
         f"loss {criterion.describe()}; encoder {'frozen (BN stats fixed)' if t.freeze_encoder else 'trained'}; "
         f"augmentation scale {list(t.scale_range)}, {rotate}, {blur}, hflip {'on' if t.hflip else 'off'}, "
@@ -220,14 +225,18 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     classes = load_classes(prepared, params.data.ignore_index)
     seed_everything(t.seed)
     device = resolve_device(t.device)
-    amp = resolve_amp(t.amp, device)
+    configure_cudnn(device, t.cudnn_benchmark)
+    precision = resolve_precision(t.precision, device)
+    channels_last = resolve_channels_last(t.channels_last, device)
     quarantined = excluded_ids(params, root)  # samples `validate` set aside
     dataset = SegmentationDataset(
         prepared, "train", train_transform(params), exclude=quarantined, max_image_pixels=params.data.max_image_pixels
     )
     loader = make_train_loader(dataset, params, device)
     criterion = build_criterion(params, dataset, classes.num_classes, list(classes.names)).to(device)
-    model = build_model(params.model, classes.num_classes).to(device)
+    model = build_model(params.model, classes.num_classes).to(device, memory_format=memory_format(channels_last))
+    if t.grad_checkpoint:
+        log.info("gradient checkpointing: %d encoder blocks recompute their activations in backward", checkpoint_blocks(model.encoder))
     frozen: list[torch.nn.Module] = []
     if t.freeze_encoder:
         freeze_encoder(model)
@@ -240,6 +249,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     if t.warmup_iters >= max_iter:
         log.warning("train.warmup_iters (%d) >= the %d training iterations: the warm-up never ends", t.warmup_iters, max_iter)
     scheduler = build_scheduler(optimizer, max_iter, t.poly_power, t.warmup_iters, t.warmup_ratio)
+    scaler = make_scaler(precision, device)
+    network = compile_model(model, t.compile, device)  # what the loop calls; `model` holds the state
     weights = criterion.class_weights
 
     models_dir = root / params.paths.models
@@ -262,6 +273,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"])
         history = [EpochStats.from_json(h) for h in state["history"]]
         window = list(state["window"])
@@ -284,7 +297,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "scaler": None,  # bfloat16 autocast needs no gradient scaler
+                "scaler": scaler.state_dict() if scaler is not None else None,  # fp16 only
                 "rng": capture_rng(),
                 "history": [h.to_json() for h in history],
                 "window": list(window),
@@ -316,7 +329,9 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                 "data.train_samples": len(dataset),
                 "train.steps_per_epoch": steps_per_epoch,
                 "train.device_used": str(device),
-                "train.amp_used": amp,
+                "train.precision_used": precision,
+                "train.channels_last_used": channels_last,
+                "train.effective_batch_size": loader.batch_size,
                 "model.num_parameters": count_parameters(model),
                 "model.trainable_parameters": count_parameters(model, trainable_only=True),
                 "train.class_weights_used": "none" if weights is None else format_weights(weights.tolist()),
@@ -325,7 +340,16 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         if resumes:
             mlflow.set_tag("resumed_from_steps", ",".join(map(str, resumes)))
 
+        first_step: dict[str, float] = {}
+
         def on_step(at: EpochProgress, loss: float) -> None:
+            if not first_step:
+                first_step["seconds"] = time.perf_counter() - session_start
+                log.info(
+                    "first step: %.1f s%s", first_step["seconds"],
+                    " (includes torch.compile's compilation)" if t.compile else "",
+                )  # fmt: skip
+                mlflow.log_metric("first_step_seconds", first_step["seconds"], step=at.global_step)
             window.append(loss)
             if at.global_step % t.log_every_n_steps == 0:
                 mlflow.log_metrics({"step_loss": sum(window) / len(window), "step_lr": at.lr}, step=at.global_step)
@@ -335,18 +359,21 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             _stop_if_requested(stop, lambda: save_state(run_id, at), at)
 
         log.info(
-            "training %s on %s (bfloat16 autocast %s): %d images, %d steps/epoch, %d epochs",
-            params.model.encoder, device, "on" if amp else "off", len(dataset), steps_per_epoch, t.epochs,
+            "training %s on %s (precision %s, channels_last %s, compile %s, gradient checkpointing %s): "
+            "%d images, %d steps/epoch of %d images, %d epochs",
+            params.model.encoder, device, precision, _on(channels_last), _on(t.compile), _on(t.grad_checkpoint),
+            len(dataset), steps_per_epoch, loader.batch_size, t.epochs,
         )
         log.info("%s", describe_recipe(params, optimizer, criterion, max_iter))
         first_epoch = progress.epoch if progress is not None else len(history) + 1
         step = progress.global_step if progress is not None else (history[-1].global_step if history else 0)
+        session_start = time.perf_counter()
         try:
             for epoch in range(first_epoch, t.epochs + 1):
                 resume_from = progress if progress is not None and progress.epoch == epoch else None
                 loader.sampler.set_epoch(epoch, (resume_from.batches if resume_from else 0) * loader.batch_size)
                 stats = train_one_epoch(
-                    model,
+                    network,
                     loader,
                     optimizer,
                     scheduler,
@@ -358,7 +385,10 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                     global_step=step,
                     resume_from=resume_from,
                     on_step=on_step,
-                    amp=amp,
+                    precision=precision,
+                    scaler=scaler,
+                    channels_last=channels_last,
+                    micro_batch=t.batch_size if t.accumulate_steps > 1 else None,
                 )
                 step = stats.global_step
                 history.append(stats)
@@ -391,7 +421,12 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "seconds_per_step": round(seconds / max(step, 1), 4),
             "images_per_second": round(images / seconds, 3) if seconds > 0 else 0.0,
             "device": str(device),
-            "amp": amp,
+            "precision": precision,
+            "amp": precision != "fp32",
+            "effective_batch_size": loader.batch_size,
+            "channels_last": channels_last,
+            "compiled": t.compile,
+            "first_step_seconds": round(first_step.get("seconds", 0.0), 3),
             "resumed_from_steps": resumes,
         }
         meta = {
@@ -422,6 +457,10 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         "run_id": ref.run_id,
         "checkpoint": str(checkpoint_path.relative_to(root)) if checkpoint_path.is_relative_to(root) else str(checkpoint_path),
     }
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _stop_if_requested(stop: StopRequest, save: Callable[[], Path], at: EpochProgress) -> None:
