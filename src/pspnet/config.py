@@ -296,6 +296,10 @@ class TrainConfig(StrictModel):
     #: recomputed in the backward pass instead of stored (less memory, about one more encoder
     #: forward pass of compute). Same gradients and BatchNorm statistics.
     grad_checkpoint: bool = False
+    #: Processes ``pspnet train`` starts on this machine through ``torchrun`` (data-parallel
+    #: DDP, one per GPU; gloo processes on the CPU): 1 trains in the calling process. Under an
+    #: outside ``torchrun`` (several nodes) this is ignored. ``batch_size`` is per process.
+    nproc_per_node: PositiveInt = 1
     num_workers: NonNegativeInt = 0
     #: Log the running loss to MLflow every this many optimisation steps.
     log_every_n_steps: PositiveInt = 10

@@ -132,6 +132,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
     micro_batch: int | None = None,
+    average_loss: Callable[[float], float] | None = None,
 ) -> EpochStats:
     """Train ``model`` for one pass over ``loader`` (batches of ``(image, mask)``).
 
@@ -143,7 +144,9 @@ def train_one_epoch(
     moves the inputs to NHWC (the model must be converted by the caller). ``micro_batch``
     splits every loader batch into micro-batches of about that many images whose gradients
     are accumulated into one optimizer step (``None``: the batch in one pass). ``model`` may
-    be a ``torch.compile`` wrapper. ``resume_from`` continues an epoch a resume checkpoint
+    be a ``torch.compile`` wrapper. ``average_loss`` maps a step's loss to what is logged and
+    checked (data-parallel training: the mean over the processes, so all stop together).
+    ``resume_from`` continues an epoch a resume checkpoint
     interrupted (``loader`` then yields only its remaining batches; ``epoch`` and
     ``global_step`` come from it). Raises :class:`TrainingDiverged` when the loss stops being
     finite, before that step changes the weights.
@@ -180,6 +183,8 @@ def train_one_epoch(
             step_loss += loss.detach()
             (scaler.scale(loss) if scaler is not None else loss).backward()
         value = float(step_loss)  # the one host sync of a step
+        if average_loss is not None:
+            value = average_loss(value)
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged: loss is {value} at epoch {state.epoch}, step {state.global_step + 1}. "

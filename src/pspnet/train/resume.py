@@ -52,13 +52,16 @@ _STATE_NAME = re.compile(r"step-(\d+)\.pt")
 NON_NUMERIC_TRAIN_FIELDS = frozenset(
     {
         "device", "num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "keep_checkpoints", "resume",
-        "channels_last", "compile", "cudnn_benchmark", "grad_checkpoint",
+        "channels_last", "compile", "cudnn_benchmark", "grad_checkpoint", "nproc_per_node",
     }
 )  # fmt: skip
 
 
-def fingerprint_fields(params: Params, sample_ids: list[str], data_version: str | None) -> dict[str, Any]:
-    """What a resumable state must agree on, flattened (``model.*``, ``train.*``, data)."""
+def fingerprint_fields(
+    params: Params, sample_ids: list[str], data_version: str | None, world_size: int = 1
+) -> dict[str, Any]:
+    """What a resumable state must agree on, flattened (``model.*``, ``train.*``, data, and the
+    number of data-parallel processes, which sets how many images a step sees)."""
     fields = {f"model.{k}": v for k, v in params.model.model_dump(mode="json").items()}
     fields |= {
         f"train.{k}": v for k, v in params.train.model_dump(mode="json").items() if k not in NON_NUMERIC_TRAIN_FIELDS
@@ -66,6 +69,8 @@ def fingerprint_fields(params: Params, sample_ids: list[str], data_version: str 
     fields["data.ignore_index"] = params.data.ignore_index
     fields["data.version"] = data_version
     fields["data.train_ids"] = hashlib.sha256("\n".join(sample_ids).encode()).hexdigest()
+    if world_size != 1:  # absent for one process: states saved before distributed training still match
+        fields["distributed.world_size"] = world_size
     return fields
 
 

@@ -16,6 +16,8 @@ from pspnet.errors import PspnetError
 
 #: The signals a scheduler, a container runtime or a terminal sends to stop a job.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: A process stopped by signal ``n`` exits with this + ``n`` (the shell convention).
+SIGNAL_EXIT_BASE = 128
 
 
 class TrainingInterrupted(PspnetError):
@@ -24,7 +26,7 @@ class TrainingInterrupted(PspnetError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = SIGNAL_EXIT_BASE + signum
 
 
 class StopRequest:

@@ -42,6 +42,7 @@ checkpoint and metric files as artifacts. The run ends FINISHED; ``evaluate`` re
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _stdio
 import logging
@@ -63,7 +64,7 @@ from pspnet.data.manifest import load_dataset_record
 from pspnet.data.quarantine import effective_version, excluded_ids
 from pspnet.data.transforms import train_transform
 from pspnet.device import resolve_device
-from pspnet.errors import DataError
+from pspnet.errors import DataError, PspnetError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model, count_parameters
 from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
@@ -77,10 +78,11 @@ from pspnet.train.accel import (
     resolve_channels_last,
     resolve_precision,
 )
+from pspnet.train.distributed import Distributed, ShardedSampler, torchrun_command, wrap_model
 from pspnet.train.loop import EpochProgress, EpochStats, TrainingDiverged, train_one_epoch
 from pspnet.train.resume import STATE_DIR, SavedState, StateStore, capture_rng, fingerprint, fingerprint_fields, restore_rng
 from pspnet.train.sampling import EpochSampler, SeededSamples
-from pspnet.train.signals import StopRequest, TrainingInterrupted, ignore_stop_signals, stop_requests
+from pspnet.train.signals import SIGNAL_EXIT_BASE, StopRequest, TrainingInterrupted, ignore_stop_signals, stop_requests
 from pspnet.train.loss import Ohem, SegmentationCriterion, format_weights, resolve_class_weights
 from pspnet.train.optim import build_optimizer, build_scheduler, describe_groups, freeze_encoder
 
@@ -114,20 +116,28 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def make_train_loader(dataset: SegmentationDataset, params: Params, device: torch.device) -> DataLoader:
+def make_train_loader(
+    dataset: SegmentationDataset, params: Params, device: torch.device, ctx: Distributed = Distributed()
+) -> DataLoader:
     """The train loader: shuffled per epoch from ``(train.seed, epoch)`` and each sample
     augmented from ``(train.seed, epoch, position)`` (:class:`~pspnet.train.sampling.EpochSampler`;
     call ``loader.sampler.set_epoch(epoch, start)`` before each epoch). One loader batch is one
     optimizer step: ``batch_size * accumulate_steps`` images, which the loop splits into
     micro-batches. The last incomplete batch is dropped (BatchNorm in the PPM's 1x1 bin needs
-    at least two images per batch)."""
-    if len(dataset) < 2:
-        raise DataError(f"the train split has {len(dataset)} sample(s); training needs at least 2.")
+    at least two images per batch). Under data-parallel training each process takes its share
+    of every step (:class:`~pspnet.train.distributed.ShardedSampler`): ``batch_size`` is per
+    process."""
+    if len(dataset) < 2 * ctx.world_size:
+        raise DataError(
+            f"the train split has {len(dataset)} sample(s); training needs at least 2"
+            f"{f' per process ({ctx.world_size} processes)' if ctx.enabled else ''}."
+        )
     t = params.train
+    order = EpochSampler(len(dataset), t.seed)
     return DataLoader(
         SeededSamples(dataset),
-        batch_size=min(t.batch_size * t.accumulate_steps, len(dataset)),
-        sampler=EpochSampler(len(dataset), t.seed),
+        batch_size=min(t.batch_size * t.accumulate_steps, len(dataset) // ctx.world_size),
+        sampler=ShardedSampler(order, ctx) if ctx.enabled else order,
         drop_last=True,
         num_workers=t.num_workers,
         worker_init_fn=_worker_init if t.num_workers > 0 else None,
@@ -202,6 +212,12 @@ def _open_run(saved: SavedState | None, experiment_id: str, tags: dict[str, str]
     return mlflow.start_run(experiment_id=experiment_id, tags=tags)
 
 
+def _log_run_params(params: Params, run_id: str, extra: dict[str, Any]) -> None:
+    """Every parameter, then what this run resolved (device, precision, sizes...)."""
+    _log_params_once(run_id, params.to_flat_dict())
+    _log_params_once(run_id, extra)
+
+
 def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
     """Log ``values`` as run params; a resumed run keeps its params and tags the changed ones."""
     import mlflow
@@ -214,17 +230,68 @@ def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
 
 
 def train(params: Params, root: Path) -> dict[str, Any]:
-    """Train PSPNet per ``params`` on ``root/params.paths.prepared`` (train split); see the module doc."""
+    """Train PSPNet per ``params`` on ``root/params.paths.prepared`` (train split); see the module doc.
+
+    Under ``torchrun`` this process is one rank of a data-parallel run
+    (:mod:`pspnet.train.distributed`); with ``train.nproc_per_node`` > 1 outside it, ``torchrun``
+    is started with that many processes and rank 0's summary returned.
+    """
+    root = Path(root)
+    ctx = Distributed.from_env()
+    if params.train.nproc_per_node > 1 and not ctx.enabled:
+        return _run_under_torchrun(params, root)
+    # Rank 0 alone talks to MLflow: it fails before training if the store is unusable (torchrun
+    # then stops the other ranks).
+    experiment_id = setup_mlflow(params.mlflow, root) if ctx.is_main else ""
+    device = ctx.device(resolve_device(params.train.device))
+    ctx.start(device)
+    try:
+        return _train(params, root, ctx, device, experiment_id)
+    finally:
+        ctx.stop()
+
+
+def _run_under_torchrun(params: Params, root: Path) -> dict[str, Any]:
+    """``pspnet train`` as ``train.nproc_per_node`` processes under torchrun on this machine,
+    with these very params (a temporary copy); returns the summary rank 0 wrote."""
+    import json
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    nproc = params.train.nproc_per_node
+    with tempfile.TemporaryDirectory(prefix="pspnet-ddp-") as tmp:
+        params_file = Path(tmp) / "params.yaml"
+        io.write_text(params_file, yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+        command = torchrun_command(nproc, params_file, root)
+        log.info("train.nproc_per_node=%d: starting %s", nproc, " ".join(command))
+        done = subprocess.run(command, cwd=root, check=False)
+    if done.returncode > SIGNAL_EXIT_BASE:
+        raise TrainingInterrupted(
+            f"distributed training stopped by a signal (torchrun exit code {done.returncode}); rank 0 saved the "
+            "training state. Run the train stage again to continue (train.resume: auto).",
+            done.returncode - SIGNAL_EXIT_BASE,
+        )
+    if done.returncode != 0:
+        raise PspnetError(
+            f"distributed training ({nproc} processes under torchrun) failed with exit code {done.returncode}; "
+            "the error is in the log above (torchrun names the failed rank)."
+        )
+    metrics = root / params.paths.metrics / TRAIN_METRICS_FILE
+    ref = RunRef.load(root / params.paths.models / RUN_REF_FILE)
+    return {**json.loads(metrics.read_text(encoding="utf-8")), "run_id": ref.run_id,
+            "checkpoint": str(Path(params.paths.models) / CHECKPOINT_FILE)}
+
+
+def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, experiment_id: str) -> dict[str, Any]:
+    """The training run of one process (rank ``ctx.rank``); only rank 0 logs and writes."""
     import mlflow
 
-    root = Path(root)
     t = params.train
-    experiment_id = setup_mlflow(params.mlflow, root)  # fail before training if the store is unusable
-
     prepared = root / params.paths.prepared
     classes = load_classes(prepared, params.data.ignore_index)
     seed_everything(t.seed)
-    device = resolve_device(t.device)
     configure_cudnn(device, t.cudnn_benchmark)
     precision = resolve_precision(t.precision, device)
     channels_last = resolve_channels_last(t.channels_last, device)
@@ -232,7 +299,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
     dataset = SegmentationDataset(
         prepared, "train", train_transform(params), exclude=quarantined, max_image_pixels=params.data.max_image_pixels
     )
-    loader = make_train_loader(dataset, params, device)
+    loader = make_train_loader(dataset, params, device, ctx)
+    global_batch = loader.batch_size * ctx.world_size  # images per optimizer step, all ranks
     criterion = build_criterion(params, dataset, classes.num_classes, list(classes.names)).to(device)
     model = build_model(params.model, classes.num_classes).to(device, memory_format=memory_format(channels_last))
     if t.grad_checkpoint:
@@ -243,6 +311,9 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         frozen = [model.encoder]
         if params.model.encoder_weights == "none":
             log.warning("train.freeze_encoder with model.encoder_weights none: the encoder stays at its random initialisation")
+    # SyncBatchNorm + DDP (one process: the model itself). The converted BatchNorms keep their
+    # parameters, so `model` still holds the state and the optimizer its parameters.
+    parallel = wrap_model(model, ctx, device)
     optimizer = build_optimizer(model, t)
     steps_per_epoch = len(loader)
     max_iter = t.epochs * steps_per_epoch
@@ -250,18 +321,21 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         log.warning("train.warmup_iters (%d) >= the %d training iterations: the warm-up never ends", t.warmup_iters, max_iter)
     scheduler = build_scheduler(optimizer, max_iter, t.poly_power, t.warmup_iters, t.warmup_ratio)
     scaler = make_scaler(precision, device)
-    network = compile_model(model, t.compile, device)  # what the loop calls; `model` holds the state
+    network = compile_model(parallel, t.compile, device)  # what the loop calls; `model` holds the state
     weights = criterion.class_weights
 
     models_dir = root / params.paths.models
     metrics_dir = root / params.paths.metrics
     checkpoint_path = models_dir / CHECKPOINT_FILE
     store = StateStore(models_dir / STATE_DIR, t.keep_checkpoints)
-    store.remove_partial_writes()
+    if ctx.is_main:
+        store.remove_partial_writes()
+    ctx.barrier()  # every rank reads the states rank 0 left
     data_version = _data_version(prepared)
-    fields = fingerprint_fields(params, dataset.ids, data_version)
+    fields = fingerprint_fields(params, dataset.ids, data_version, ctx.world_size)
     saved = store.latest(fields) if t.resume == "auto" else None
-    if saved is None:
+    ctx.barrier()
+    if saved is None and ctx.is_main:
         store.clear()  # states of another configuration (or resume: never) would only mislead
 
     history: list[EpochStats] = []
@@ -319,30 +393,36 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "data.quarantined": str(len(quarantined)),
             "data.training_version": str(effective_version(data_version, quarantined)),
         }
-    with stop_requests() as stop, _open_run(saved, experiment_id, tags) as run:
-        run_id = run.info.run_id
-        _log_params_once(run_id, params.to_flat_dict())
-        _log_params_once(
-            run_id,
-            {
+    run_context = _open_run(saved, experiment_id, tags) if ctx.is_main else contextlib.nullcontext(None)
+    with stop_requests() as stop, run_context as run:
+        run_id = run.info.run_id if run is not None else ""
+        if ctx.is_main:
+            _log_run_params(params, run_id, {
                 "data.num_classes": classes.num_classes,
                 "data.train_samples": len(dataset),
                 "train.steps_per_epoch": steps_per_epoch,
                 "train.device_used": str(device),
                 "train.precision_used": precision,
                 "train.channels_last_used": channels_last,
-                "train.effective_batch_size": loader.batch_size,
+                "train.effective_batch_size": global_batch,
+                "train.processes": ctx.world_size,
                 "model.num_parameters": count_parameters(model),
                 "model.trainable_parameters": count_parameters(model, trainable_only=True),
                 "train.class_weights_used": "none" if weights is None else format_weights(weights.tolist()),
-            },
-        )
-        if resumes:
-            mlflow.set_tag("resumed_from_steps", ",".join(map(str, resumes)))
+            })  # fmt: skip
+            if resumes:
+                mlflow.set_tag("resumed_from_steps", ",".join(map(str, resumes)))
 
         first_step: dict[str, float] = {}
 
         def on_step(at: EpochProgress, loss: float) -> None:
+            if ctx.enabled:  # a signal to any rank stops every rank after this same step
+                agreed = ctx.largest(stop.signum or 0, device)
+                if agreed and not stop:
+                    stop.signum = agreed
+            if not ctx.is_main:
+                _stop_if_requested(stop, lambda: None, at)
+                return
             if not first_step:
                 first_step["seconds"] = time.perf_counter() - session_start
                 log.info(
@@ -371,7 +451,7 @@ def train(params: Params, root: Path) -> dict[str, Any]:
         try:
             for epoch in range(first_epoch, t.epochs + 1):
                 resume_from = progress if progress is not None and progress.epoch == epoch else None
-                loader.sampler.set_epoch(epoch, (resume_from.batches if resume_from else 0) * loader.batch_size)
+                loader.sampler.set_epoch(epoch, (resume_from.batches if resume_from else 0) * global_batch)
                 stats = train_one_epoch(
                     network,
                     loader,
@@ -389,9 +469,12 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                     scaler=scaler,
                     channels_last=channels_last,
                     micro_batch=t.batch_size if t.accumulate_steps > 1 else None,
+                    average_loss=(lambda value: ctx.mean(value, device)) if ctx.enabled else None,
                 )
                 step = stats.global_step
                 history.append(stats)
+                if not ctx.is_main:
+                    continue
                 log.info(
                     "epoch %d/%d: loss %.4f, lr %.3g, %.1f s (%.1f images/s)",
                     epoch, t.epochs, stats.loss, stats.lr, stats.seconds, stats.images_per_second,
@@ -406,13 +489,16 @@ def train(params: Params, root: Path) -> dict[str, Any]:
                     step=epoch,
                 )
         except TrainingInterrupted:
-            mlflow.end_run(status="KILLED")
+            if ctx.is_main:
+                mlflow.end_run(status="KILLED")
             raise
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} {last_good()}") from None
 
+        if not ctx.is_main:  # rank 0 writes the outputs and closes the run
+            return {"rank": ctx.rank, "final_loss": history[-1].loss, "steps": step}
         seconds = sum(h.seconds for h in history)
-        images = sum(h.images for h in history)
+        images = sum(h.images for h in history) * ctx.world_size  # every rank's share of each step
         summary = {
             "final_loss": history[-1].loss,
             "epochs": t.epochs,
@@ -423,7 +509,8 @@ def train(params: Params, root: Path) -> dict[str, Any]:
             "device": str(device),
             "precision": precision,
             "amp": precision != "fp32",
-            "effective_batch_size": loader.batch_size,
+            "effective_batch_size": global_batch,
+            "processes": ctx.world_size,
             "channels_last": channels_last,
             "compiled": t.compile,
             "first_step_seconds": round(first_step.get("seconds", 0.0), 3),
@@ -463,14 +550,16 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def _stop_if_requested(stop: StopRequest, save: Callable[[], Path], at: EpochProgress) -> None:
-    """After a step: on a pending SIGTERM / SIGINT, save a resume checkpoint and stop cleanly."""
+def _stop_if_requested(stop: StopRequest, save: Callable[[], Path | None], at: EpochProgress) -> None:
+    """After a step: on a pending SIGTERM / SIGINT, save a resume checkpoint and stop cleanly
+    (``save`` returns ``None`` on the ranks that leave the saving to rank 0)."""
     if not stop:
         return
     path = save()
+    where = f"in {path}" if path is not None else "by rank 0"
     raise TrainingInterrupted(
         f"training stopped by {stop.name} at epoch {at.epoch}, step {at.global_step}; the whole training "
-        f"state is saved in {path}. Run the train stage again (dvc repro) to continue from there "
+        f"state is saved {where}. Run the train stage again (dvc repro) to continue from there "
         "(train.resume: auto).",
         int(stop.signum or 0),
     )
