@@ -90,6 +90,11 @@ class Distributed:
     def device(self, device: torch.device) -> torch.device:
         """This process's device: ``cuda:<local rank>`` on CUDA, the CPU otherwise."""
         if device.type == "cuda" and self.enabled:
+            if self.local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"local rank {self.local_rank} has no GPU: this node has {torch.cuda.device_count()}. Start at most "
+                    "one process per GPU (train.nproc_per_node, or torchrun --nproc_per_node)."
+                )
             return torch.device("cuda", self.local_rank)
         return device
 
