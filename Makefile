@@ -24,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow schedule test test-all ablation import-data run-camvid ui lock clean
+.PHONY: help install run flow schedule test test-all bench ablation import-data run-camvid ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,20 @@ test: install  ## run the test suite (heavy tests marked `slow` excluded)
 
 test-all: install  ## run every test, the slow ones included
 	pytest
+
+# On a machine with CUDA, `make bench` first measures the GPU (bench/gpu_train.py: fp32 / bf16 /
+# channels_last / compile, images/s, peak memory, MFU; about 15 min) into $(GPU_REPORT), which
+# the report's GPU section shows.
+GPU_REPORT ?= docs/results/gpu-h100.json
+HAS_CUDA = python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
+
+bench: install  ## benchmarks with ratios against peers -> docs/benchmarks.md + .json (about 12 min on 2 CPU cores; BENCH_ARGS="--quick" / "--only training,inference"; GPU figures first where CUDA is present)
+	@if $(HAS_CUDA); then \
+	  python bench/gpu_train.py --phase eager --out .bench-gpu-eager.json && \
+	  python bench/gpu_train.py --phase compile --variants bf16+cl+compile --batches 16 8 --out .bench-gpu-compile.json && \
+	  python bench/gpu_train.py --render .bench-gpu-eager.json .bench-gpu-compile.json --merged $(GPU_REPORT) --markdown $(GPU_REPORT:.json=.md); \
+	fi
+	python -m bench $(BENCH_ARGS)
 
 ablation: install  ## the paper's ablations in miniature as dvc experiments -> docs/ablation.md (about 35 min on 2 cores)
 	pspnet ablation $(ABLATION_ARGS)

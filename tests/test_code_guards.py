@@ -57,9 +57,9 @@ WRITE_MODE_CHARS = frozenset("wax+")
 WRITE_ALLOWED: dict[tuple[str, str, str], str] = {
     ("src/pspnet/evaluate/stage.py", "evaluate", "scored.images.save("):
         "ImageScores.save writes through io.atomic_path",
-    ("src/pspnet/train/stage.py", "train", "ref.save("):
+    ("src/pspnet/train/stage.py", "_train", "ref.save("):
         "RunRef.save writes through io.write_json",
-    ("src/pspnet/train/stage.py", "train.save_state", "store.save("):
+    ("src/pspnet/train/stage.py", "_train.save_state", "store.save("):
         "StateStore.save (train/resume.py) writes through io.atomic_path",
     ("src/pspnet/data/prepare.py", "_png_bytes", "Image.fromarray(array).save(buffer"):
         "encodes into an in-memory buffer; the bytes are written with io.write_bytes",

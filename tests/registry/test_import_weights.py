@@ -61,12 +61,21 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (release / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n", encoding="utf-8")
     raw = {"data": {"source": {"name": "ade20k", "location": str(release)}}, "evaluate": {"num_overlays": 1}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    _invoke("prepare", "--root", str(root))
-
     saved = semseg_checkpoint(layers=50, classes=150, seed=7)
     source = base / "train_epoch_100.pth"
     torch.save(saved, source)
-    summary = _invoke("import-weights", str(source), "--format", "semseg", "--dataset", "ade20k", "--root", str(root))
+    # A module fixture runs before the per-test MLflow isolation of conftest.py: isolate it here,
+    # so the import lands in the project's own store whatever an earlier test left behind.
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with pytest.MonkeyPatch.context() as mp:
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            mp.delenv(variable, raising=False)
+        mp.setattr(tracking_utils, "_tracking_uri", None)
+        mp.setattr(registry_utils, "_registry_uri", None)
+        _invoke("prepare", "--root", str(root))
+        summary = _invoke("import-weights", str(source), "--format", "semseg", "--dataset", "ade20k", "--root", str(root))
     state = {k.removeprefix("module."): v for k, v in saved["state_dict"].items()}
     return {"root": root, "source": source, "summary": summary, "state": state, "release": release}
 

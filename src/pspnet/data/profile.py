@@ -6,14 +6,19 @@ and decode, its mode, channels and size, do image and mask sizes agree, which la
 the mask holds and which of them are neither a class id nor the ignore index, plus a
 human-readable ``problems`` column (what is wrong and how to fix it). The samples ``prepare``
 rejected (``rejected.csv``) are added as rows with ``source_ok`` false (:func:`rejected_rows`).
-Files are opened by a few threads in parallel, one sample at a time per thread: only small
-facts are kept, never the pixels.
+Files are opened by a few worker processes in parallel (for large datasets), a chunk of
+samples per task with a bounded number of chunks in flight: only small facts are kept, never
+the pixels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +85,13 @@ _DTYPES = {
 SINGLE_CHANNEL_MASK_MODES = ("L", "P")
 #: Separator of the entries of the ``problems`` column.
 PROBLEM_SEPARATOR = " | "
+#: Samples one profiling task handles (fewer, larger tasks: less overhead per sample).
+CHUNK_SIZE = 64
+#: Chunks per worker process submitted ahead of the one being read (bounds what is in flight).
+CHUNKS_IN_FLIGHT_PER_WORKER = 2
+#: From this many samples on, profiling runs in worker processes (below it, starting them
+#: costs more than it gains).
+PROCESS_POOL_MIN_SAMPLES = 512
 
 
 @dataclass(frozen=True)
@@ -270,6 +282,21 @@ def _annotate_duplicate_ids(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _profile_chunk(
+    prepared_dir: Path, rows: list[dict[str, str]], classes: ClassTable, max_pixels: int
+) -> list[dict[str, Any]]:
+    return [profile_sample(prepared_dir, row, classes, max_pixels) for row in rows]
+
+
+def profiling_processes(num_samples: int, num_workers: int) -> int:
+    """Worker processes for profiling ``num_samples`` samples: none (the calling thread) below
+    :data:`PROCESS_POOL_MIN_SAMPLES`, else ``num_workers`` capped at the usable CPUs."""
+    if num_samples < PROCESS_POOL_MIN_SAMPLES or num_workers <= 1:
+        return 0
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(num_workers, usable))
+
+
 def profile_dataset(
     prepared_dir: str | Path,
     classes: ClassTable,
@@ -278,13 +305,56 @@ def profile_dataset(
     progress: bool = True,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> pd.DataFrame:
-    """Profile every sample of ``prepared_dir/manifest.csv``: one row each, in manifest order."""
+    """Profile every sample of ``prepared_dir/manifest.csv``: one row each, in manifest order.
+
+    Samples are profiled in chunks of :data:`CHUNK_SIZE`: by up to ``num_workers`` worker
+    processes (at most the usable CPUs) from :data:`PROCESS_POOL_MIN_SAMPLES` samples on, else in
+    the calling thread. Per-sample profiling is mostly Python (path checks, PIL headers), so
+    threads would serialise on the GIL: 4 threads on 2 cores ran 2x slower than one (20,000
+    samples: 25 s against 12 s), 2 processes 5 s. At most :data:`CHUNKS_IN_FLIGHT_PER_WORKER`
+    chunks per process are queued or done-but-unread at any time, and each finished row goes
+    straight into the table's columns, so what is held besides the table does not grow with the
+    dataset.
+    """
     prepared_dir = Path(prepared_dir).resolve()
-    rows = read_manifest(prepared_dir / MANIFEST_FILE).to_dict("records")
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        results = pool.map(lambda row: profile_sample(prepared_dir, row, classes, max_pixels), rows)
-        records = list(tqdm(results, total=len(rows), desc="profile", unit="sample", disable=not progress))
-    frame = pd.DataFrame.from_records(records, columns=list(PROFILE_COLUMNS))
+    manifest = read_manifest(prepared_dir / MANIFEST_FILE)
+    keys = ("id", "split", "image", "mask")
+    entries = list(zip(*(manifest[k].tolist() for k in keys)))
+    del manifest
+    columns: dict[str, list[Any]] = {c: [] for c in PROFILE_COLUMNS}
+    processes = profiling_processes(len(entries), num_workers)
+    chunks = (
+        [dict(zip(keys, entry)) for entry in entries[start : start + CHUNK_SIZE]] for start in range(0, len(entries), CHUNK_SIZE)
+    )
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=len(entries), desc="profile", unit="sample", disable=not progress))
+        if processes:
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=processes))
+            pending: deque[Future[list[dict[str, Any]]]] = deque()
+
+            def submit_next() -> None:
+                rows = next(chunks, None)
+                if rows is not None:
+                    pending.append(pool.submit(_profile_chunk, prepared_dir, rows, classes, max_pixels))
+
+            for _ in range(processes * CHUNKS_IN_FLIGHT_PER_WORKER):
+                submit_next()
+
+            def results() -> Iterator[list[dict[str, Any]]]:
+                while pending:
+                    records = pending.popleft().result()
+                    submit_next()
+                    yield records
+
+            done: Iterable[list[dict[str, Any]]] = results()
+        else:
+            done = (_profile_chunk(prepared_dir, rows, classes, max_pixels) for rows in chunks)
+        for records in done:
+            for record in records:
+                for column in PROFILE_COLUMNS:
+                    columns[column].append(record[column])
+            bar.update(len(records))
+    frame = pd.DataFrame(columns, columns=list(PROFILE_COLUMNS))
     frame = frame.astype(_DTYPES)
     return _annotate_duplicate_ids(frame)
 

@@ -402,7 +402,9 @@ def _place(
     room = max(1.0, layout.sand_bottom - layout.sand_top - 2 * margin)
     shrink = min(1.0, room / obj_h, grid.width / obj_w)
     obj_h, obj_w = obj_h * shrink, obj_w * shrink
-    bottom = rng.uniform(layout.sand_top + margin + obj_h, layout.sand_bottom - margin)
+    lowest = layout.sand_top + margin + obj_h
+    # A sand band thinner than the margins (small images) leaves no range: the object sits at its top.
+    bottom = rng.uniform(lowest, max(lowest, layout.sand_bottom - margin))
     left = rng.uniform(0, grid.width - obj_w)
     return bottom - obj_h, left, obj_h, obj_w
 

@@ -266,49 +266,68 @@ def split_table(profile: pd.DataFrame, required: tuple[str, ...]) -> pd.DataFram
     return pd.DataFrame({"id": list(required), "num_samples": [int(counts.get(s, 0)) for s in required]})
 
 
-def _pixel_counts(profile: pd.DataFrame) -> pd.DataFrame:
-    """Long table: ``split``, ``label``, ``pixels`` for every (sample, label value) of every decodable mask."""
-    records = [
-        {"split": split, "label": int(label), "pixels": pixels}
-        for split, counts in zip(profile["split"], profile["label_counts"])
-        for label, pixels in json.loads(counts).items()
-    ]
-    return pd.DataFrame.from_records(records, columns=["split", "label", "pixels"])
+@dataclass(frozen=True)
+class LabelSums:
+    """Per split, per label value: pixels over every decodable mask, and masks holding the label.
+
+    Summed in one pass over the profile's ``label_counts`` (time linear in the samples, memory
+    in splits x label values; no per-(sample, label) table)."""
+
+    pixels: dict[str, dict[int, int]]
+    masks: dict[str, dict[int, int]]
+
+    @classmethod
+    def of(cls, profile: pd.DataFrame) -> LabelSums:
+        pixels: dict[str, dict[int, int]] = {}
+        masks: dict[str, dict[int, int]] = {}
+        for split, cell in zip(profile["split"], profile["label_counts"]):
+            counts = json.loads(cell)
+            if not counts:
+                continue
+            split_pixels = pixels.setdefault(split, {})
+            split_masks = masks.setdefault(split, {})
+            for label, count in counts.items():
+                value = int(label)
+                split_pixels[value] = split_pixels.get(value, 0) + int(count)
+                split_masks[value] = split_masks.get(value, 0) + 1
+        return cls(pixels, masks)
 
 
-def class_table(profile: pd.DataFrame, classes: ClassTable) -> pd.DataFrame:
+def class_table(profile: pd.DataFrame, classes: ClassTable, sums: LabelSums | None = None) -> pd.DataFrame:
     """One row per class: ``id`` (name), ``class_id``, ``train_masks``, ``train_pixels``."""
-    pixels = _pixel_counts(profile)
-    train = pixels[pixels["split"] == "train"]
-    masks = train.groupby("label").size()
-    total = train.groupby("label")["pixels"].sum()
+    sums = sums or LabelSums.of(profile)
+    masks, total = sums.masks.get("train", {}), sums.pixels.get("train", {})
     return pd.DataFrame(
         {
             "id": list(classes.names),
             "class_id": list(range(classes.num_classes)),
-            "train_masks": [int(masks.get(c, 0)) for c in range(classes.num_classes)],
-            "train_pixels": [int(total.get(c, 0)) for c in range(classes.num_classes)],
+            "train_masks": [masks.get(c, 0) for c in range(classes.num_classes)],
+            "train_pixels": [total.get(c, 0) for c in range(classes.num_classes)],
         }
     )
 
 
-def class_coverage(profile: pd.DataFrame, classes: ClassTable) -> list[dict[str, Any]]:
+def class_coverage(profile: pd.DataFrame, classes: ClassTable, sums: LabelSums | None = None) -> list[dict[str, Any]]:
     """Per class: train masks containing it, and its pixels and pixel share in every split."""
-    pixels = _pixel_counts(profile)
-    per_split = pixels.groupby(["split", "label"])["pixels"].sum()
-    split_totals = pixels[pixels["label"] != classes.ignore_index].groupby("split")["pixels"].sum()
-    table = class_table(profile, classes)
+    sums = sums or LabelSums.of(profile)
+    # Splits with labelled (non-ignore) pixels, in name order, and their labelled pixel totals.
+    split_totals = {
+        split: sum(n for label, n in counts.items() if label != classes.ignore_index)
+        for split, counts in sorted(sums.pixels.items())
+        if any(label != classes.ignore_index for label in counts)
+    }
+    table = class_table(profile, classes, sums)
     coverage = []
     for row in table.to_dict("records"):
         cid = row["class_id"]
-        counts = {s: int(per_split.get((s, cid), 0)) for s in split_totals.index}
+        counts = {s: sums.pixels[s].get(cid, 0) for s in split_totals}
         coverage.append(
             {
                 "class_id": cid,
                 "name": row["id"],
                 "train_masks": row["train_masks"],
                 "pixels_per_split": counts,
-                "pixel_share_per_split": {s: round(counts[s] / max(int(split_totals[s]), 1), 6) for s in counts},
+                "pixel_share_per_split": {s: round(counts[s] / max(split_totals[s], 1), 6) for s in counts},
             }
         )
     return coverage
@@ -450,10 +469,12 @@ def failing_samples(profile: pd.DataFrame, outcomes: list[Outcome]) -> list[dict
         if outcome.check.table == SAMPLES_TABLE:
             for sample_id in outcome.unexpected_ids:
                 failed_checks.setdefault(sample_id, []).append(outcome)
-    failures = []
-    for sample_id, rows in profile.groupby("id", sort=False):
-        if sample_id not in failed_checks:
-            continue
+    failures: list[dict[str, Any]] = []
+    if not failed_checks:
+        return failures
+    # Group only the failing rows: a groupby over every sample costs ~0.3 ms per id (6 s at 20,000).
+    failing_rows = profile[profile["id"].isin(list(failed_checks))]
+    for sample_id, rows in failing_rows.groupby("id", sort=False):
         first = rows.iloc[0].to_dict()
         problems = list(dict.fromkeys(p for cell in rows["problems"] for p in problem_list(cell)))
         for outcome in failed_checks[sample_id]:
@@ -611,14 +632,15 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
         failures = failing_samples(samples, sample_outcomes)
         quarantined = [f["id"] for f in failures] if cfg.quarantine else []
         kept = profile[~profile["id"].isin(quarantined)]
-        coverage = class_coverage(kept, classes)
+        sums = LabelSums.of(kept)
+        coverage = class_coverage(kept, classes, sums)
         histograms = split_histograms(coverage)
         shifts = split_shift(histograms, classes.names) + version_shift(
             load_history(history_path), dataset.get("version"), histograms, classes.names
         )
         tables = {
             SPLITS_TABLE: split_table(kept, cfg.required_splits),
-            CLASSES_TABLE: class_table(kept, classes),
+            CLASSES_TABLE: class_table(kept, classes, sums),
             SHIFT_TABLE: _shift_frame(shifts),
         }
         dataset_level = dataset_checks(params) + shift_checks(params)
