@@ -30,7 +30,7 @@ from PIL import Image
 
 from bench.timing import Progress, figure, linear_fit, rate_figure, ratio, run_measured, subprocess_env
 from pspnet.config import Params, parse_params
-from pspnet.data import synthetic
+from pspnet.data import context_scenes
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import MANIFEST_FILE
 
@@ -97,11 +97,11 @@ def pipeline_images(repo: Path, dest: Path, count: int, size: tuple[int, int]) -
         names = []
         rng = np.random.default_rng(0)
         for i in range(count):
-            image, mask = synthetic.generate_sample(rng, *size)
+            image, mask = context_scenes.generate_sample(rng, *size)
             (prepared / "images" / f"g{i:04d}.png").write_bytes(_png(image))
             (prepared / "masks" / f"g{i:04d}.png").write_bytes(_png(mask))
             names.append(f"g{i:04d}")
-        source = f"generated scenes (pspnet.data.synthetic), {len(names)} PNGs of {size[0]}x{size[1]} (HxW)"
+        source = f"generated scenes (pspnet.data.context_scenes), {len(names)} PNGs of {size[0]}x{size[1]} (HxW)"
     _write_manifest(prepared, [(n, "train") for n in names])
     with Image.open(prepared / "images" / f"{names[0]}.png") as first:
         hw = (first.height, first.width)
@@ -234,10 +234,10 @@ def validation_dataset(project: Path, size: int, hw: tuple[int, int], repo: Path
     templates = []
     present: set[int] = set()
     for i in range(VALIDATION_TEMPLATES):
-        image, mask = synthetic.generate_sample(rng, *hw, scene=synthetic.sample_scene(i))
+        image, mask = context_scenes.generate_sample(rng, *hw, scene=context_scenes.sample_scene(i))
         present |= set(np.unique(mask).tolist())
         templates.append((_png(image), _png(mask)))
-    classes = ClassTable(names=synthetic.CLASS_NAMES, colors=synthetic.CLASS_COLORS)
+    classes = ClassTable(names=context_scenes.CLASS_NAMES, colors=context_scenes.CLASS_COLORS)
     missing = set(range(classes.num_classes)) - present
     if missing:
         raise RuntimeError(f"the validation templates miss classes {sorted(missing)}; raise VALIDATION_TEMPLATES")
@@ -350,7 +350,7 @@ def validation(
     return {
         "settings": {**settings, "image_hw": list(hw), "profile_threads": num_workers, "generated_in_s": written_s,
                      "dataset": f"{max(sizes):,} samples written from {VALIDATION_TEMPLATES} generated scenes "
-                                f"(pspnet.data.synthetic, {hw[0]}x{hw[1]} PNG, 9 classes), 1 in {VAL_EVERY} in val"},  # fmt: skip
+                                f"(pspnet.data.context_scenes, {hw[0]}x{hw[1]} PNG, 9 classes), 1 in {VAL_EVERY} in val"},  # fmt: skip
         "warmup_run": warm,
         "sizes": table,
         "time_fit": time_fit,

@@ -47,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from pspnet import io  # noqa: E402
+from pspnet import atomic_files
 from pspnet.config import ModelConfig, TrainConfig  # noqa: E402
 from pspnet.model.pspnet import build_model, count_parameters  # noqa: E402
 from pspnet.train.accel import checkpoint_blocks, configure_cudnn, make_scaler, memory_format  # noqa: E402
@@ -371,7 +371,7 @@ class Recorder:
 
     def save(self) -> None:
         self.data["bench_seconds"] = round(time.perf_counter() - self.start, 1)
-        io.write_json(self.path, self.data)
+        atomic_files.write_json(self.path, self.data)
 
     def measure(self, section: str, label: str, fn: Callable[[], dict[str, Any]]) -> None:
         if time.perf_counter() - self.start > self.deadline:
@@ -589,10 +589,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         data = merge([json.loads(Path(p).read_text()) for p in args.render])
         if args.merged:
-            io.write_json(args.merged, data)
+            atomic_files.write_json(args.merged, data)
         text = render(data)
         if args.markdown:
-            io.write_text(args.markdown, text)
+            atomic_files.write_text(args.markdown, text)
         else:
             print(text)
         return 0

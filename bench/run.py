@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:  # `python bench/run.py` as well as `python -m ben
 
 from bench import report  # noqa: E402
 from bench.timing import Progress, clock, git_state, load_average, machine, versions  # noqa: E402
-from pspnet import io  # noqa: E402
+from pspnet import atomic_files
 
 SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", "gpu")
 #: The paper's test scales (also ``bench.models.PAPER_SCALES``; repeated here so that loading
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render:
         data = json.loads(args.render.read_text())
-        io.write_text(args.markdown, report.render(data))
+        atomic_files.write_text(args.markdown, report.render(data))
         print(f"wrote {args.markdown}")
         return 0
     settings = settings_for(args)
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             result["load_average_before"], result["load_average_after"] = load_before, load_average()
             data["sections"][name] = result
             data["bench_wall_s"] = time.perf_counter() - progress.start
-            io.write_json(args.json, data)
+            atomic_files.write_json(args.json, data)
             if failed and args.stop_on_error:
                 break
     finally:
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.pycache_prefix, sys.dont_write_bytecode = saved_bytecode
     data["bench_wall_s"] = total
     data["load_average_end"] = load_average()
-    io.write_json(args.json, data)
-    io.write_text(args.markdown, report.render(data))
+    atomic_files.write_json(args.json, data)
+    atomic_files.write_text(args.markdown, report.render(data))
     print(f"bench: done in {clock(total)}; wrote {args.json} and {args.markdown}", flush=True)
     return 1 if failed else 0
 

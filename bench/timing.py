@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pspnet.tools import tool_env
+from pspnet.ops.environment import tool_env
 
 #: Seconds between two "still running" lines while a long measurement runs.
 HEARTBEAT_S = 30.0

@@ -19,14 +19,14 @@ error line, ``ERROR: failed to reproduce '<stage>': failed to run: <cmd>, exited
 ``validate`` is a gate and is never retried.
 
 New-data trigger: with ``only_if_new_data=True`` the flow first asks
-:func:`pspnet.data.changes.data_changes` whether the data changed since ``dvc.lock`` (an
+:func:`pspnet.ops.data_changes.data_changes` whether the data changed since ``dvc.lock`` (an
 imported source's hash, the raw data folder's hash, the ``data`` parameters; code changes do
 not count). Without a change it logs ``no new data since dvc.lock: ...`` and ends at once,
 Completed in a state named ``Skipped``, running no stage. The scheduled deployment
 (:mod:`pipelines.schedule`) runs it this way between its full, cron-timed runs.
 
 Before import-data and the stages, the MLflow tracking store is checked
-(:func:`pspnet.registry.tracking.check_tracking_store`): a tracking server that does not answer
+(:func:`pspnet.tracking.store.check_tracking_store`): a tracking server that does not answer
 within ``mlflow.connect_timeout`` seconds fails the run at once, with the URI, where it came
 from and the fix, instead of after prepare / validate (or after training).
 
@@ -73,15 +73,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
-from pspnet.cli import STAGES as CLI_STAGES
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
-from pspnet.data.changes import DataChange, data_changes
+from pspnet.ops.data_changes import DataChange, data_changes
+from pspnet.stages import STAGE_NAMES
 from pspnet.errors import PERMANENT_EXIT_CODES, ConfigError, PspnetError
-from pspnet.registry.tracking import check_tracking_store, redact
-from pspnet.tools import tool_env
+from pspnet.tracking.store import check_tracking_store, redact
+from pspnet.ops.environment import tool_env
 
 #: The pipeline's stages in order: the ``pspnet`` command's stage subcommands.
-STAGES = tuple(CLI_STAGES)
+STAGES = STAGE_NAMES
 
 #: Exit codes of a stage command that a retry cannot fix: config (2), data (3), and a command
 #: that cannot be executed / found (126 / 127).
@@ -250,7 +250,7 @@ _RETRY_DELAYS = [10, 30]
 @task(name="import-data", task_run_name="import-data", retries=2, retry_delay_seconds=_RETRY_DELAYS, **_NEVER_CACHED)
 def import_data_task(project_dir: str) -> dict[str, Any]:
     """``pspnet import-data`` (the library function): the raw data's new DVC version, if any."""
-    from pspnet.data.location import import_data
+    from pspnet.ops.import_data import import_data
 
     root = Path(project_dir).resolve()
     result = import_data(load_params(root / DEFAULT_PARAMS_FILE), root)
@@ -261,7 +261,7 @@ def import_data_task(project_dir: str) -> dict[str, Any]:
 
 @task(name="data-changes", task_run_name="data-changes", retries=2, retry_delay_seconds=_RETRY_DELAYS, **_NEVER_CACHED)
 def data_changes_task(project_dir: str) -> DataChange:
-    """Whether the data changed since ``dvc.lock`` (:func:`pspnet.data.changes.data_changes`).
+    """Whether the data changed since ``dvc.lock`` (:func:`pspnet.ops.data_changes.data_changes`).
 
     Retried when DVC could not answer (a busy repository lock, a remote that did not answer);
     never for a config or data error.

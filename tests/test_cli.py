@@ -6,7 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pspnet.cli import STAGES, app, resolve_stage
+from pspnet.cli import app, resolve_stage
+from pspnet.stages import STAGE_NAMES
 from pspnet.errors import ConfigError, DataError
 
 runner = CliRunner()
@@ -15,7 +16,7 @@ runner = CliRunner()
 def test_every_stage_has_a_subcommand_and_a_library_function() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in STAGES:
+    for name in STAGE_NAMES:
         assert name in result.output
         assert callable(resolve_stage(name))
 

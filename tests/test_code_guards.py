@@ -1,13 +1,13 @@
 """Guards over the source (``src/`` and ``pipelines/``), read with ``ast``, so a new raw write or
 an unsafe load fails CI instead of waiting for a review to spot it.
 
-1. Every file the pipeline writes goes through :mod:`pspnet.io` (temp file + rename). A
+1. Every file the pipeline writes goes through :mod:`pspnet.atomic_files` (temp file + rename). A
    writing call (``savefig``, ``to_csv``, ``np.save*``, ``torch.save``, ``.save(...)``,
    ``write_text`` / ``write_bytes``, ``json.dump``, ``open(..., "w")``, ``shutil.copy*``,
-   ``os.replace`` ...) is accepted only inside a ``with io.atomic_path(...)`` /
-   ``io.atomic_dir(...)`` block (it writes the temp file), inside a
+   ``os.replace`` ...) is accepted only inside a ``with atomic_files.atomic_path(...)`` /
+   ``atomic_files.atomic_dir(...)`` block (it writes the temp file), inside a
    ``tempfile.TemporaryDirectory()`` block (scratch files, never a pipeline output), in
-   ``pspnet/io.py`` itself, or when :data:`WRITE_ALLOWED` names it with the reason.
+   ``pspnet/atomic_files.py`` itself, or when :data:`WRITE_ALLOWED` names it with the reason.
 2. Untrusted files: no ``torch.load`` without ``weights_only=True``; no pickle / cloudpickle /
    dill / joblib loads, no ``yaml.load`` without a safe loader, no ``np.load(allow_pickle=True)``,
    no ``torch.jit.load``; the loaders that may run code stored with a model
@@ -32,7 +32,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCANNED = (REPO_ROOT / "src" / "pspnet", REPO_ROOT / "pipelines")
-IO_MODULE = Path("src/pspnet/io.py")
+IO_MODULE = Path("src/pspnet/atomic_files.py")
 
 #: Context managers whose body may write raw: the temp path of an atomic write, or scratch space.
 SAFE_CONTEXTS = ("atomic_path", "atomic_dir", "TemporaryDirectory")
@@ -48,21 +48,21 @@ WRITE_CALLS = frozenset({
 })
 #: ``x.dump(obj, stream)`` writes (json / pickle / yaml); ``yaml.safe_dump(obj)`` returns a string.
 DUMP_ATTRS = frozenset({"dump", "safe_dump"})
-#: ``io.write_text`` / ``io.write_json`` / ``io.write_bytes``: the atomic helpers themselves.
-ATOMIC_HELPERS_PREFIX = "io."
+#: ``atomic_files.write_text`` / ``atomic_files.write_json`` / ``atomic_files.write_bytes``: the atomic helpers themselves.
+ATOMIC_HELPERS_PREFIX = "atomic_files."
 #: open() modes that write.
 WRITE_MODE_CHARS = frozenset("wax+")
 
 # (file, enclosing function, start of the call's source) -> why it is fine.
 WRITE_ALLOWED: dict[tuple[str, str, str], str] = {
     ("src/pspnet/evaluate/stage.py", "evaluate", "scored.images.save("):
-        "ImageScores.save writes through io.atomic_path",
+        "ImageScores.save writes through atomic_files.atomic_path",
     ("src/pspnet/train/stage.py", "_train", "ref.save("):
-        "RunRef.save writes through io.write_json",
+        "RunRef.save writes through atomic_files.write_json",
     ("src/pspnet/train/stage.py", "_train.save_state", "store.save("):
-        "StateStore.save (train/resume.py) writes through io.atomic_path",
-    ("src/pspnet/data/prepare.py", "_png_bytes", "Image.fromarray(array).save(buffer"):
-        "encodes into an in-memory buffer; the bytes are written with io.write_bytes",
+        "StateStore.save (train/resume.py) writes through atomic_files.atomic_path",
+    ("src/pspnet/data/convert.py", "_png_bytes", "Image.fromarray(array).save(buffer"):
+        "encodes into an in-memory buffer; the bytes are written with atomic_files.write_bytes",
     ("src/pspnet/registry/packaging.py", "export_network", "torch.export.save("):
         "writes into the TemporaryDirectory of log_segmentation_model, uploaded to MLflow, never a pipeline output",
 }
@@ -70,9 +70,9 @@ WRITE_ALLOWED: dict[tuple[str, str, str], str] = {
 #: Loaders that may run code stored in the file.
 CODE_LOADERS = frozenset({"torch.export.load", "mlflow.pytorch.load_model", "mlflow.pyfunc.load_model"})
 LOAD_ALLOWED: dict[tuple[str, str, str], str] = {
-    ("src/pspnet/registry/loading.py", "load_program", "torch.export.load("):
+    ("src/pspnet/registry/segmenter.py", "load_program", "torch.export.load("):
         "after MLflow's check that no record of the archive is unpickled (or the user's explicit opt-in)",
-    ("src/pspnet/registry/loading.py", "_program_and_classes", "mlflow.pytorch.load_model("):
+    ("src/pspnet/registry/segmenter.py", "_program_and_classes", "mlflow.pytorch.load_model("):
         "only with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, the user's explicit opt-in for a trusted store",
     ("src/pspnet/registry/serving_model.py", "SegmentationPyfunc.load_context", "torch.export.load("):
         "the served model's own code: it runs only where a user chose to load / serve that model",
@@ -212,11 +212,11 @@ def raw_writes(calls: list[Call] = CALLS) -> Iterator[Call]:
             yield call
 
 
-def test_every_write_goes_through_pspnet_io() -> None:
+def test_every_write_goes_through_atomic_files() -> None:
     offenders = [c.where for c in raw_writes()]
     assert not offenders, (
-        "raw file writes outside pspnet.io (write through io.write_text / write_json / write_bytes, or inside "
-        "`with io.atomic_path(target) as tmp:` / `io.atomic_dir(...)`; if it truly is not a pipeline output, add it "
+        "raw file writes outside pspnet.atomic_files (write through atomic_files.write_text / write_json / write_bytes, or inside "
+        "`with atomic_files.atomic_path(target) as tmp:` / `atomic_files.atomic_dir(...)`; if it truly is not a pipeline output, add it "
         "to WRITE_ALLOWED with the reason):\n" + "\n".join(offenders)
     )
 
@@ -239,7 +239,7 @@ def unsafe_loads(calls: list[Call] = CALLS) -> Iterator[str]:
             if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
                 yield f"{call.where}: np.load with allow_pickle"
         elif name in CODE_LOADERS and not _allowed(call, LOAD_ALLOWED):
-            yield f"{call.where}: {name} may run code stored with the model; load through pspnet.registry.loading"
+            yield f"{call.where}: {name} may run code stored with the model; load through pspnet.registry.segmenter"
 
 
 def test_no_loader_runs_code_from_a_file() -> None:
@@ -286,7 +286,7 @@ def test_every_allow_list_entry_still_matches_a_call(table: str) -> None:
 _BAD_SOURCE = '''
 import json, os, pickle, shutil, subprocess, torch, yaml
 import numpy as np
-from pspnet import io
+from pspnet import atomic_files
 
 def bad(fig, frame, path, cfg):
     fig.savefig(path)
@@ -304,7 +304,7 @@ def bad(fig, frame, path, cfg):
     os.system("ls")
 
 def good(fig, path):
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         fig.savefig(tmp)
     torch.load(path, weights_only=True)
     yaml.safe_load(path.read_text())

@@ -29,7 +29,7 @@ from pspnet.predict import (
     parse_scales,
     predict,
 )
-from pspnet.registry.loading import MIN_SIDE
+from pspnet.registry.segmenter import MIN_SIDE
 
 NAMES = ("sky", "road", "car person")
 COLORS = ((70, 130, 180), (128, 64, 128), (0, 0, 142))

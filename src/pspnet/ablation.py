@@ -35,18 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.experiment import (
-    EVAL_KEYS,
-    exp_run_command,
-    params_restored,
-    read_json,
-    run_experiment,
-    workspace_results,
-)
-from pspnet.registry.tracking import check_tracking_store
+from pspnet.presets import EVAL_KEYS, exp_run_command, params_restored, read_json, run_experiment, workspace_results
+from pspnet.tracking.store import check_tracking_store
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +138,8 @@ def render_markdown(results: Sequence[dict[str, Any]]) -> str:
 
 
 def _save(out: Path, results: list[dict[str, Any]]) -> None:
-    io.write_json(out.with_suffix(".json"), {"results": results})
-    io.write_text(out.with_suffix(".md"), render_markdown(results))
+    atomic_files.write_json(out.with_suffix(".json"), {"results": results})
+    atomic_files.write_text(out.with_suffix(".md"), render_markdown(results))
 
 
 def run_ablation(

@@ -24,6 +24,7 @@ import typer
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params, parse_params
 from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.stages import STAGE_NAMES
 
 app = typer.Typer(
     name="pspnet",
@@ -32,16 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-#: Stage name -> "module:function" of its one library implementation (imported lazily so
-#: `pspnet --help` stays fast and one stage's heavy imports never slow another's start).
-STAGES: dict[str, str] = {
-    "prepare": "pspnet.data.prepare:prepare",
-    "validate": "pspnet.data.validate:validate",
-    "train": "pspnet.train.stage:train",
-    "evaluate": "pspnet.evaluate.stage:evaluate",
-    "register": "pspnet.registry.register:register",
-}
 
 ParamsOption = Annotated[
     Path, typer.Option("--params", "-p", help="Parameters file (relative to the project root).")
@@ -52,9 +43,11 @@ RootOption = Annotated[
 
 
 def resolve_stage(name: str) -> Callable[..., dict[str, Any]]:
-    """The library function that implements stage ``name``."""
-    module_name, func_name = STAGES[name].split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+    """``pspnet.stages.<name>.run``, imported only when called (one stage's heavy imports never
+    slow another's start, and ``pspnet --help`` stays fast)."""
+    if name not in STAGE_NAMES:
+        raise KeyError(name)
+    return importlib.import_module(f"pspnet.stages.{name}").run
 
 
 #: Third-party loggers that are chatty at INFO (internal registrations, table creation).
@@ -140,7 +133,7 @@ def evaluate_command(
 def import_data_command(params: ParamsOption = Path(DEFAULT_PARAMS_FILE), root: RootOption = Path(".")) -> None:
     """Bring data.source's raw data under DVC: `dvc import-url` into data/raw/<name> (a URL or a
     folder outside data/raw), `dvc update` when already imported, `dvc add` inside data/raw."""
-    from pspnet.data.location import import_data
+    from pspnet.ops.import_data import import_data
 
     _configure_logging()
     root = root.resolve()
@@ -160,8 +153,8 @@ def experiment_command(
     root: RootOption = Path("."),
 ) -> None:
     """Run a named parameter preset as one `dvc exp run` (data imported first) and write its
-    report: val mIoU, per-class IoU, the exact commands (see pspnet.experiment)."""
-    from pspnet.experiment import parse_overrides, run_preset
+    report: val mIoU, per-class IoU, the exact commands (see pspnet.presets)."""
+    from pspnet.presets import parse_overrides, run_preset
 
     _configure_logging()
     with exits_on_error("experiment"):
@@ -258,8 +251,8 @@ def import_weights_command(
     root: RootOption = Path("."),
 ) -> None:
     """Convert the authors' pretrained PSPNet weights, then log and register them in MLflow (see
-    pspnet.registry.imported); `predict` / `evaluate --model models:/<name>@official-<dataset>` use them."""
-    from pspnet.registry.imported import import_weights
+    pspnet.registry.import_weights); `predict` / `evaluate --model models:/<name>@official-<dataset>` use them."""
+    from pspnet.registry.import_weights import import_weights
 
     _configure_logging()
     root = root.resolve()

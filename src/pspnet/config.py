@@ -64,7 +64,7 @@ class PathsConfig(StrictModel):
 
 
 class SyntheticConfig(StrictModel):
-    """The embedded "context scenes" dataset (see :mod:`pspnet.data.synthetic`)."""
+    """The embedded "context scenes" dataset (see :mod:`pspnet.data.context_scenes`)."""
 
     seed: NonNegativeInt = 0
     train_size: PositiveInt = 240

@@ -14,15 +14,15 @@ Inputs
 Model
     A checkpoint path (``models/checkpoint.pt``) or any MLflow model URI (default
     ``models:/<register.model_name>@<register.champion_alias>``), loaded with
-    :func:`pspnet.registry.loading.load_segmenter` against the project's MLflow store
-    (:func:`pspnet.registry.tracking.setup_mlflow`; ``MLFLOW_TRACKING_URI`` wins). Images are
+    :func:`pspnet.registry.segmenter.load_segmenter` against the project's MLflow store
+    (:func:`pspnet.tracking.store.setup_mlflow`; ``MLFLOW_TRACKING_URI`` wins). Images are
     normalised with the model's own ``input_mean`` / ``input_std``, not with today's params.
 
 Inference
     :func:`pspnet.evaluate.inference.predict_logits` under the ``evaluate`` section of
     params.yaml, with any of :data:`INFERENCE_OPTIONS` overridden: ``whole`` or ``slide`` mode,
     flip, multi-scale. Images of the same size run together, up to ``batch_size`` per pass;
-    images of any size work: a pass smaller than :data:`~pspnet.registry.loading.MIN_SIDE` (a tiny image, window or
+    images of any size work: a pass smaller than :data:`~pspnet.registry.segmenter.MIN_SIDE` (a tiny image, window or
     test scale) is edge-padded and cropped back, as the registered model's serving code does.
     A progress bar counts images.
 
@@ -61,12 +61,12 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import EvaluateConfig, Params
 from pspnet.errors import ConfigError, DataError, PspnetError
 
 if TYPE_CHECKING:
-    from pspnet.registry.loading import Segmenter
+    from pspnet.registry.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,6 @@ INFERENCE_OPTIONS: dict[str, str] = {
 }
 #: The :class:`~pspnet.config.EvaluateConfig` fields recorded as the inference settings.
 INFERENCE_FIELDS = ("mode", "batch_size", "crop_size", "stride_rate", "flip", "scales", "base_size")
-#: URI schemes resolved through the tracking / registry store (which must then exist).
-STORE_SCHEMES = ("models:", "runs:")
-#: Prefix of a local SQLite store URI; the database path follows it.
-SQLITE_PREFIX = "sqlite:///"
 #: Errors PIL raises for a file it cannot decode (UnidentifiedImageError is an OSError).
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -449,45 +445,6 @@ def plan_batches(jobs: Sequence[ImageJob], batch_size: int) -> list[list[ImageJo
 # --------------------------------------------------------------------------- model and inference
 
 
-def default_model_uri(params: Params) -> str:
-    """``models:/<register.model_name>@<register.champion_alias>``: the current champion."""
-    return f"models:/{params.register_.model_name}@{params.register_.champion_alias}"
-
-
-def model_source(model: str | None, params: Params) -> str:
-    """``model`` (a local path made absolute, so the summary names it anywhere) or the champion's URI."""
-    if model is None:
-        return default_model_uri(params)
-    local = Path(model).expanduser()
-    return os.path.abspath(local) if local.exists() else model
-
-
-def _require_store(tracking_uri: str, source: str) -> None:
-    """A ConfigError when ``source`` needs a local SQLite store that does not exist (MLflow
-    would create an empty one and then fail to find the model)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
-        return
-    database = Path(tracking_uri[len(SQLITE_PREFIX) :])
-    if not database.is_file():
-        raise ConfigError(
-            f"--model {source}: the MLflow store {database} does not exist. Run the pipeline (`dvc repro`) to "
-            "register a model, point MLFLOW_TRACKING_URI at your store, or pass a checkpoint with --model models/checkpoint.pt."
-        )
-
-
-def load_model(source: str, params: Params, root: Path) -> Segmenter:
-    """The :class:`~pspnet.registry.loading.Segmenter` for a checkpoint path, a local MLflow model
-    folder or an MLflow URI (resolved against the project's store)."""
-    from pspnet.registry.loading import is_checkpoint_path, load_segmenter
-    from pspnet.registry.tracking import resolve_tracking_uri, setup_mlflow
-
-    if not is_checkpoint_path(source) and not Path(source).is_dir():
-        if source.startswith(STORE_SCHEMES):
-            _require_store(resolve_tracking_uri(params.mlflow, root), source)
-        setup_mlflow(params.mlflow, root)
-    return load_segmenter(source)
-
-
 def class_colors(segmenter: Segmenter) -> tuple[tuple[int, int, int], ...]:
     """The model's class colours; the Pascal VOC colour map when it records none (or too few)."""
     from pspnet.data.sources.base import palette_colors
@@ -535,7 +492,7 @@ def mask_image(ids: np.ndarray, num_classes: int) -> Image.Image:
 
 def save_png(image: Image.Image, path: Path) -> None:
     """Write ``image`` as a PNG atomically."""
-    with io.atomic_path(path, suffix=PNG_SUFFIX) as tmp:
+    with atomic_files.atomic_path(path, suffix=PNG_SUFFIX) as tmp:
         image.save(tmp, format="PNG")
 
 
@@ -648,6 +605,8 @@ def predict(params: Params, root: Path, options: PredictOptions) -> dict[str, An
     jobs, skipped = scan_images(images, names, options.skip_bad)
     if not jobs:
         raise DataError(f"none of the {len(images)} image(s) found could be read; see the warnings above.")
+    from pspnet.registry.segmenter import load_model, model_source
+
     source = model_source(options.model, params)
     loaded = load_model(source, params, root)
     segmenter = replace(loaded, model=loaded.model.to(device))
@@ -658,7 +617,7 @@ def predict(params: Params, root: Path, options: PredictOptions) -> dict[str, An
     summary_path = None
     if options.summary is not None:
         summary_path = Path(os.path.abspath(options.summary.expanduser()))
-        io.write_json(summary_path, {
+        atomic_files.write_json(summary_path, {
             "model": segmenter.source,
             "class_names": list(segmenter.class_names),
             "inference": inference_settings(cfg, device),

@@ -27,7 +27,7 @@ from PIL import Image
 from pspnet.config import Params, parse_params
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import read_manifest
-from pspnet.data.prepare import prepare
+from pspnet.stages.prepare import run as prepare
 from pspnet.data.quarantine import effective_version, excluded_ids
 from pspnet.errors import DataError
 from tests.data.validation_run import run_validate

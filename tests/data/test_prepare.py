@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from pspnet.config import Params, parse_params
-from pspnet.data import prepare as prep
-from pspnet.data import synthetic as syn
+from pspnet.data import convert
+from pspnet.errors import DataError
+from pspnet.stages import prepare
+from pspnet.data import context_scenes as syn
 from pspnet.data.classes import ClassTable
 from pspnet.data.manifest import read_manifest
 from pspnet.data.sources.base import SampleRef, SourceData, SourceFolders
@@ -21,7 +23,7 @@ from pspnet.data.sources.synthetic import synthetic_source
 
 def _use_source(monkeypatch: pytest.MonkeyPatch, adapter: object) -> None:
     """Make ``prepare`` use ``adapter`` whatever data.source.name says."""
-    monkeypatch.setattr(prep, "get_adapter", lambda name: adapter)
+    monkeypatch.setattr(prepare, "get_adapter", lambda name: adapter)
 
 TINY_SYNTHETIC = {"seed": 1, "train_size": 8, "val_size": 4, "height": 48, "width": 64}
 
@@ -33,7 +35,7 @@ def _params(ignore_index: int = 255, **synthetic: object) -> Params:
 
 def test_prepare_writes_the_canonical_form(tmp_path: Path) -> None:
     params = _params()
-    result = prep.prepare(params, tmp_path)
+    result = prepare.run(params, tmp_path)
     folder = tmp_path / params.paths.prepared
     assert result["num_samples"] == 12 and result["splits"] == {"train": 8, "val": 4} and result["num_classes"] == 9
 
@@ -60,7 +62,7 @@ def test_prepare_writes_the_canonical_form(tmp_path: Path) -> None:
 
 def test_prepare_uses_the_configured_ignore_index(tmp_path: Path) -> None:
     params = _params(ignore_index=200)
-    prep.prepare(params, tmp_path)
+    prepare.run(params, tmp_path)
     folder = tmp_path / params.paths.prepared
     assert ClassTable.load(folder / "classes.json").ignore_index == 200
     values = set(np.unique(np.asarray(Image.open(folder / "masks/train_0000.png"))).tolist())
@@ -72,14 +74,14 @@ def test_prepare_replaces_the_old_dataset(tmp_path: Path) -> None:
     folder = tmp_path / params.paths.prepared
     folder.mkdir(parents=True)
     (folder / "stale.txt").write_text("old")
-    prep.prepare(params, tmp_path)
+    prepare.run(params, tmp_path)
     assert not (folder / "stale.txt").exists() and (folder / "manifest.csv").is_file()
     assert [p.name for p in folder.parent.iterdir()] == ["prepared"]  # no temp folders left
 
 
 def test_failure_midway_leaves_the_previous_dataset_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = _params()
-    prep.prepare(params, tmp_path)
+    prepare.run(params, tmp_path)
     folder = tmp_path / params.paths.prepared
     before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
@@ -96,7 +98,7 @@ def test_failure_midway_leaves_the_previous_dataset_intact(tmp_path: Path, monke
 
     _use_source(monkeypatch, failing_source)
     with pytest.raises(OSError, match="simulated"):
-        prep.prepare(_params(seed=9), tmp_path)
+        prepare.run(_params(seed=9), tmp_path)
     after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in folder.parent.iterdir()] == ["prepared"]
@@ -118,7 +120,7 @@ def test_repeated_and_invalid_ids_are_rejected_and_the_rest_prepared(tmp_path: P
         return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 4)
 
     _use_source(monkeypatch, duplicated)
-    result = prep.prepare(_params(), tmp_path)
+    result = prepare.run(_params(), tmp_path)
     assert result["num_samples"] == 2 and result["rejected"] == 2
     assert list(read_manifest(tmp_path / "data/prepared/manifest.csv")["id"]) == ["a", "b"]
     rejected = pd.read_csv(tmp_path / "data/prepared/rejected.csv", dtype=str, keep_default_na=False)
@@ -137,8 +139,8 @@ def test_a_source_whose_every_sample_is_rejected_is_refused(tmp_path: Path, monk
         return SourceData(ClassTable(("x",), ((1, 2, 3),)), samples, 2)
 
     _use_source(monkeypatch, hopeless)
-    with pytest.raises(prep.DataError, match=r"every sample of source 'synthetic' was rejected \(2\)"):
-        prep.prepare(_params(), tmp_path)
+    with pytest.raises(DataError, match=r"every sample of source 'synthetic' was rejected \(2\)"):
+        prepare.run(_params(), tmp_path)
     assert not (tmp_path / "data/prepared").exists()
 
 
@@ -149,9 +151,9 @@ def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypat
 
     lock = threading.Lock()
     written: list[str] = []
-    real_write = prep.write_sample
+    real_write = convert.write_sample
 
-    def recording_write(folder: Path, ref: SampleRef, source: str, options: prep.WriteOptions) -> tuple:
+    def recording_write(folder: Path, ref: SampleRef, source: str, options: convert.WriteOptions) -> tuple:
         try:
             return real_write(folder, ref, source, options)
         finally:
@@ -159,7 +161,7 @@ def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypat
                 written.append(ref.id)
 
     image, mask = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8)
-    window = 2 * prep.IN_FLIGHT_PER_WORKER
+    window = 2 * convert.IN_FLIGHT_PER_WORKER
     pulled: list[int] = []
 
     def many(params: Params, folders: SourceFolders) -> SourceData:
@@ -172,9 +174,9 @@ def test_samples_are_loaded_a_bounded_window_at_a_time(tmp_path: Path, monkeypat
 
         return SourceData(ClassTable(("x",), ((1, 2, 3),)), refs(), 100)
 
-    monkeypatch.setattr(prep, "write_sample", recording_write)
+    monkeypatch.setattr(convert, "write_sample", recording_write)
     _use_source(monkeypatch, many)
-    result = prep.prepare(parse_params({"data": {"num_workers": 2}}), tmp_path)
+    result = prepare.run(parse_params({"data": {"num_workers": 2}}), tmp_path)
     assert result["num_samples"] == 100 and len(written) == 100
     manifest = read_manifest(tmp_path / "data/prepared/manifest.csv")
     assert list(manifest["id"]) == [f"s{i:03d}" for i in range(100)]
@@ -184,19 +186,19 @@ def test_an_ignore_index_that_is_a_class_id_is_a_config_error(tmp_path: Path) ->
     from pspnet.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.ignore_index 3 collides with class id 3 of 9 classes.*at least 9"):
-        prep.prepare(_params(ignore_index=3), tmp_path)
+        prepare.run(_params(ignore_index=3), tmp_path)
 
 
 def test_the_dataset_record_names_the_source_and_a_content_version(tmp_path: Path) -> None:
     import json
 
     params = _params()
-    first = prep.prepare(params, tmp_path)["version"]
+    first = prepare.run(params, tmp_path)["version"]
     record = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     assert record["source"] == "synthetic" and record["version"] == first and record["inputs"] == {}
     assert record["expect"]["image_sizes"] == [[48, 64]] and record["splits"] == {"train": 8, "val": 4}
-    assert prep.prepare(params, tmp_path)["version"] == first  # same data, same version
-    assert prep.prepare(_params(seed=2), tmp_path)["version"] != first
+    assert prepare.run(params, tmp_path)["version"] == first  # same data, same version
+    assert prepare.run(_params(seed=2), tmp_path)["version"] != first
 
 
 def test_every_configurable_source_has_an_adapter() -> None:

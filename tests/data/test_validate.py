@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from pspnet.config import Params, parse_params
-from pspnet.data import synthetic as syn
-from pspnet.data.prepare import prepare
+from pspnet.data import context_scenes as syn
+from pspnet.stages.prepare import run as prepare
 from pspnet.data.validate import dataset_checks, error_message, validate
 from pspnet.errors import DataError
 from tests.data.validation_run import run_validate

@@ -18,7 +18,8 @@ from pspnet.data.classes import ClassTable
 from pspnet.data.manifest import write_manifest
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.evaluate.stage import evaluate
-from pspnet.registry.tracking import RunRef, setup_mlflow
+from pspnet.tracking.runs import RunRef
+from pspnet.tracking.store import setup_mlflow
 
 NAMES = ("sky", "road", "car person")  # a space: metric keys and file names must be sanitised
 COLORS = ((70, 130, 180), (128, 64, 128), (0, 0, 142))

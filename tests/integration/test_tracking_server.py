@@ -166,7 +166,7 @@ def test_the_store_check_and_the_promotion_lock_work_over_http(served: dict, cap
     """The lock's primitive (a registered model name is unique: RESOURCE_ALREADY_EXISTS) holds over
     the REST API too; a live server passes the start-of-run check."""
     from pspnet.config import MlflowConfig
-    from pspnet.registry.tracking import check_tracking_store
+    from pspnet.tracking.store import check_tracking_store
     from tests.registry.test_concurrency import check_lease_rules
 
     assert check_tracking_store(MlflowConfig(tracking_uri=served["uri"])) == served["uri"]

@@ -62,7 +62,7 @@ def test_an_unreachable_tracking_server_fails_the_flow_before_any_stage(
     import shutil
     import socket
 
-    import pspnet.data.location
+    import pspnet.ops.import_data
     from pspnet.errors import PspnetError
 
     for name in ("dvc.yaml", "params.yaml"):
@@ -74,7 +74,7 @@ def test_an_unreachable_tracking_server_fails_the_flow_before_any_stage(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     ran: list[str] = []
     monkeypatch.setattr(training, "repro_stage", lambda stage, *a, **k: ran.append(stage))
-    monkeypatch.setattr(pspnet.data.location, "import_data", lambda *a, **k: ran.append("import-data"))
+    monkeypatch.setattr(pspnet.ops.import_data, "import_data", lambda *a, **k: ran.append("import-data"))
 
     with pytest.raises(PspnetError, match=rf"MLFLOW_TRACKING_URI\) is unreachable: connection refused.*--port {port}"):
         training.training_pipeline(project_dir=str(tmp_path))

@@ -24,7 +24,8 @@ from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.export import SegmentationModel
 from pspnet.model.pspnet import PSPNet, build_model
 from pspnet.registry import register as reg
-from pspnet.registry.tracking import RunRef, setup_mlflow
+from pspnet.tracking.runs import RunRef
+from pspnet.tracking.store import setup_mlflow
 from tests.train.tinydata import COLORS, NAMES, write_prepared
 
 #: Steps of head-only training that make a model clearly better than a random one on tinydata.

@@ -17,7 +17,7 @@ from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.transforms import train_transform
 from pspnet.errors import ConfigError
 from pspnet.model.pspnet import PSPNet, build_model
-from pspnet.registry.tracking import RunRef
+from pspnet.tracking.runs import RunRef
 from pspnet.train.loop import set_train_mode, train_one_epoch
 from pspnet.train.loss import SegmentationCriterion
 from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from pspnet.config import Params, parse_params
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.model.checkpoint import load_checkpoint
-from pspnet.registry.tracking import RunRef
+from pspnet.tracking.runs import RunRef
 from pspnet.device import resolve_device
 from pspnet.train.accel import resolve_precision
 from pspnet.train.stage import train

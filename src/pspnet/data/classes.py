@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.errors import ConfigError, DataError
 
 CLASSES_FILE = "classes.json"
@@ -47,7 +47,7 @@ class ClassTable:
         }
 
     def save(self, path: str | Path) -> None:
-        io.write_json(path, self.to_json())
+        atomic_files.write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> ClassTable:

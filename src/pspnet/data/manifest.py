@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.errors import DataError
 
 MANIFEST_FILE = "manifest.csv"
@@ -35,7 +35,7 @@ def write_manifest(path: str | Path, rows: pd.DataFrame) -> None:
     missing = set(COLUMNS) - set(rows.columns)
     if missing:
         raise ValueError(f"manifest rows lack columns {sorted(missing)}")
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         rows.loc[:, list(COLUMNS)].to_csv(tmp, index=False)
 
 
@@ -53,7 +53,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 
 def write_rejected(path: str | Path, rows: pd.DataFrame) -> None:
     """Atomically write ``rejected.csv`` (header only when nothing was rejected)."""
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         rows.reindex(columns=list(REJECTED_COLUMNS)).to_csv(tmp, index=False)
 
 

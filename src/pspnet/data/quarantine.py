@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.errors import DataError
 
@@ -39,7 +39,7 @@ def quarantine_path(params: Params, root: Path) -> Path:
 def write_quarantine(path: Path, rows: Iterable[dict[str, str]]) -> None:
     """Atomically write the quarantine list (a header only when ``rows`` is empty)."""
     frame = pd.DataFrame(list(rows), columns=list(QUARANTINE_COLUMNS))
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from pspnet import io
+from pspnet import atomic_files
 
 #: How many classes a comparison lists (largest share change first).
 TOP_CHANGES = 5
@@ -92,4 +92,4 @@ def record_version(path: Path, entry: Mapping[str, Any], limit: int) -> None:
     """Append ``entry`` to the history (replacing an entry of the same version); keep ``limit``."""
     history = [e for e in load_history(path) if e.get("version") != entry.get("version")]
     history.append(dict(entry))
-    io.write_json(path, history[-limit:])
+    atomic_files.write_json(path, history[-limit:])

@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 
 import pandas as pd
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import REJECTED_FILE, load_dataset_record, read_rejected
@@ -536,7 +536,7 @@ def error_message(
 
 
 def _write_profile(path: Path, profile: pd.DataFrame) -> None:
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         profile.to_csv(tmp, index=False)
 
 
@@ -545,7 +545,7 @@ def _fail_early(report_dir: Path, prepared: str, err: DataError) -> NoReturn:
     drop stale docs, re-raise."""
     shutil.rmtree(report_dir / DOCS_DIR, ignore_errors=True)
     write_quarantine(report_dir / QUARANTINE_FILE, [])
-    io.write_json(report_dir / SUMMARY_FILE, {"success": False, "prepared": prepared, "error": str(err)})
+    atomic_files.write_json(report_dir / SUMMARY_FILE, {"success": False, "prepared": prepared, "error": str(err)})
     raise err
 
 
@@ -625,7 +625,7 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
     expect = Expectations.from_json(dataset.get("expect", {}))
     samples = _with_size_columns(pd.concat([profile, rejected_rows(rejected)], ignore_index=True) if len(rejected) else profile)
     history_path = report_dir / HISTORY_FILE
-    with io.atomic_dir(report_dir / DOCS_DIR) as docs_tmp:
+    with atomic_files.atomic_dir(report_dir / DOCS_DIR) as docs_tmp:
         runner = ExpectationRunner(docs_tmp)
         checks = sample_checks(params) + source_checks(expect, dataset.get("source", "this source"))
         sample_outcomes = runner.run({SAMPLES_TABLE: samples}, checks)
@@ -705,7 +705,7 @@ def validate(params: Params, root: Path) -> dict[str, Any]:
              "histograms": histograms},
             cfg.history_limit,
         )  # fmt: skip
-    io.write_json(report_dir / SUMMARY_FILE, summary)
+    atomic_files.write_json(report_dir / SUMMARY_FILE, summary)
     if not success:
         note = f"; {len(quarantined)} sample(s) quarantined, listed in {report_rel}/{QUARANTINE_FILE}" if quarantined else ""
         raise DataError(

@@ -3,7 +3,7 @@
 Image plots rather than DVC's Vega plots because ``dvc plots show`` loads Vega from a CDN and
 renders blank offline, while PNGs show anywhere. Figures use matplotlib's object API on an
 Agg canvas (no pyplot, no GUI backend, no global figure state), and every file is written
-through :func:`pspnet.io.atomic_path`, so a reader never sees half a PNG.
+through :func:`pspnet.atomic_files.atomic_path`, so a reader never sees half a PNG.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from pspnet import io
+from pspnet import atomic_files
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG atomically; returns ``path``."""
     path = Path(path)
-    with io.atomic_path(path, suffix=".png") as tmp:
+    with atomic_files.atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return path
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import EvaluateConfig
 from pspnet.errors import PspnetError
 from pspnet.evaluate.inference import make_loader, predict_loader
@@ -87,7 +87,7 @@ class ImageScores:
             "data_version": self.data_version,
             "protocol": self.protocol,
         }
-        with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_files.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, inter=self.inter, union=self.union, context=np.array(json.dumps(context)))
 
     @classmethod

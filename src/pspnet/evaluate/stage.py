@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import EvaluateConfig, ModelConfig, Params
 from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.data.manifest import MANIFEST_FILE, load_dataset_record
@@ -28,7 +28,8 @@ from pspnet.errors import DataError, PspnetError
 from pspnet.evaluate.metrics import SegmentationMetrics
 from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay, plot_training_curve
 from pspnet.evaluate.scores import score_dataset
-from pspnet.registry.tracking import RUN_REF_FILE, RunRef, setup_mlflow
+from pspnet.tracking.runs import RUN_REF_FILE, RunRef
+from pspnet.tracking.store import setup_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[s
     frame = pd.DataFrame(
         {"class": list(names), "iou": result.iou, "acc": result.acc, "pixels": result.target.astype(np.int64)}
     )
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
@@ -147,11 +148,11 @@ def write_reports(
     from pspnet.data.dataset import load_image
 
     summary = result.summary(classes.names)
-    io.write_json(metrics_dir / EVAL_JSON, {**summary, "num_images": len(dataset)})
+    atomic_files.write_json(metrics_dir / EVAL_JSON, {**summary, "num_images": len(dataset)})
     _write_per_class_csv(metrics_dir / PER_CLASS_CSV, result, classes.names)
     plot_confusion_matrix(result.matrix, classes.names, plots_dir / CONFUSION_PNG,
                           title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
-    with io.atomic_dir(plots_dir / OVERLAYS_DIR) as tmp_dir:
+    with atomic_files.atomic_dir(plots_dir / OVERLAYS_DIR) as tmp_dir:
         for index in sorted(kept):
             target, pred = kept[index]
             sample_id = str(dataset.ids[index])
@@ -258,8 +259,8 @@ def evaluate_model(params: Params, root: Path, model: str, out: Path | None = No
     """
     import mlflow
 
-    from pspnet.predict import load_model
-    from pspnet.registry.tracking import dataset_tags, run_tags
+    from pspnet.registry.segmenter import load_model
+    from pspnet.tracking.runs import dataset_tags, run_tags
 
     started = time.perf_counter()
     root = Path(root)

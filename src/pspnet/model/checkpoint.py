@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import ModelConfig
 from pspnet.errors import PspnetError
 from pspnet.model.encoder import PSPNET_CHECKPOINT_FORMAT
@@ -60,7 +60,7 @@ def save_checkpoint(
         "meta": meta,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    with io.atomic_path(path) as tmp:
+    with atomic_files.atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 

@@ -10,7 +10,7 @@ What gets logged (``mlflow.pyfunc.log_model``, "models from code"):
 - ``classes``: the class names and colours;
 - a signature (uint8 ``(-1, -1, -1, 3)`` in, int32 ``(-1, -1, -1)`` out), pinned requirements
   (torch; MLflow adds its own), and metadata (classes, normalisation, encoder, checkpoint hash)
-  that :mod:`pspnet.registry.loading` reads back.
+  that :mod:`pspnet.registry.segmenter` reads back.
 """
 
 from __future__ import annotations

@@ -41,14 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.errors import PspnetError
 from pspnet.evaluate.metrics import json_float
 from pspnet.evaluate.scores import ImageScores
 from pspnet.registry.gate import PROMOTED, REJECTED, GateResult, decide
 from pspnet.registry.lock import ensure_held, promotion_lock
-from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, setup_mlflow
+from pspnet.tracking.runs import RUN_REF_FILE, RunRef, dataset_tags
+from pspnet.tracking.store import setup_mlflow
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def score_champion(params: Params, root: Path, model_name: str, champion: Champi
     from pspnet.device import resolve_device
     from pspnet.evaluate.scores import score_dataset
     from pspnet.evaluate.stage import split_dataset
-    from pspnet.registry.loading import load_segmenter
+    from pspnet.registry.segmenter import load_segmenter
 
     uri = f"models:/{model_name}/{champion.version}"
     segmenter = load_segmenter(uri)
@@ -490,8 +491,8 @@ def register(params: Params, root: Path) -> dict:
         except MlflowException as err:  # the files on disk are what counts; the run copies are a convenience
             log.warning("could not attach %s to run %s: %s", name, run_ref.run_id, err)
     reports = root / params.paths.reports
-    io.write_json(reports / REPORT_FILE, report)
-    io.write_text(reports / CARD_FILE, card)
+    atomic_files.write_json(reports / REPORT_FILE, report)
+    atomic_files.write_text(reports / CARD_FILE, card)
     log.info("register: v%s %s: %s", version, gate.decision, gate.reason)
     return report
 

@@ -15,7 +15,7 @@ depends on, so a resumed run continues bit for bit (on the CPU) where the saved 
 - a fingerprint of what the run trains on (model and train parameters, the train sample ids,
   the data version): a state from another configuration is never resumed.
 
-Files are written atomically (:func:`pspnet.io.atomic_path`) and only the newest
+Files are written atomically (:func:`pspnet.atomic_files.atomic_path`) and only the newest
 ``train.keep_checkpoints`` are kept; a state that fails to load falls back to the one before.
 Every file is plain tensors and JSON-like values, read with ``torch.load(weights_only=True)``.
 The folder is removed when training finishes.
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import Params
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class StateStore:
     def save(self, payload: dict[str, Any], global_step: int) -> Path:
         """Write ``payload`` as the state at ``global_step`` (atomically), then drop the oldest."""
         path = self.directory / f"step-{global_step:09d}.pt"
-        with io.atomic_path(path) as tmp:
+        with atomic_files.atomic_path(path) as tmp:
             torch.save({"format": STATE_FORMAT, "version": STATE_VERSION, **payload}, tmp)
         for old in self.files()[self.keep :]:
             old.unlink(missing_ok=True)

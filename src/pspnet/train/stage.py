@@ -2,7 +2,7 @@
 
 Writes (relative to the project root):
 - ``models/checkpoint.pt``: weights + model config + class table (see :mod:`pspnet.model.checkpoint`);
-- ``models/mlflow_run.json``: the :class:`~pspnet.registry.tracking.RunRef` that ``evaluate`` and
+- ``models/mlflow_run.json``: the :class:`~pspnet.tracking.runs.RunRef` that ``evaluate`` and
   ``register`` reopen;
 - ``metrics/train.json``: final_loss, epochs, steps (optimizer steps), seconds (the training
   loop's), seconds_per_step, images_per_second, device, precision (fp32 / bf16 / fp16 as
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io as _stdio
+import io
 import logging
 import random
 import time
@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
@@ -67,7 +67,8 @@ from pspnet.device import resolve_device
 from pspnet.errors import DataError, PspnetError
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.pspnet import build_model, count_parameters
-from pspnet.registry.tracking import RUN_REF_FILE, RunRef, dataset_tags, run_tags, setup_mlflow
+from pspnet.tracking.runs import RUN_REF_FILE, RunRef, dataset_tags, run_tags
+from pspnet.tracking.store import setup_mlflow
 from pspnet.train.accel import (
     checkpoint_blocks,
     compile_model,
@@ -148,7 +149,7 @@ def make_train_loader(
 
 
 def _history_csv(rows: list[EpochStats]) -> str:
-    buf = _stdio.StringIO()
+    buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_COLUMNS)
     for r in rows:
@@ -263,7 +264,7 @@ def _run_under_torchrun(params: Params, root: Path) -> dict[str, Any]:
     nproc = params.train.nproc_per_node
     with tempfile.TemporaryDirectory(prefix="pspnet-ddp-") as tmp:
         params_file = Path(tmp) / "params.yaml"
-        io.write_text(params_file, yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+        atomic_files.write_text(params_file, yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
         command = torchrun_command(nproc, params_file, root)
         log.info("train.nproc_per_node=%d: starting %s", nproc, " ".join(command))
         done = subprocess.run(command, cwd=root, check=False)
@@ -529,8 +530,8 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
         # The outputs are written only now, each atomically: a run that fails or stops earlier
         # leaves the previous run's outputs as they were.
         save_checkpoint(checkpoint_path, model, params.model, classes.num_classes, meta)
-        io.write_text(metrics_dir / HISTORY_FILE, _history_csv(history))
-        io.write_json(metrics_dir / TRAIN_METRICS_FILE, summary)
+        atomic_files.write_text(metrics_dir / HISTORY_FILE, _history_csv(history))
+        atomic_files.write_json(metrics_dir / TRAIN_METRICS_FILE, summary)
         mlflow.log_metrics({"final_loss": summary["final_loss"], "train_seconds": seconds})
         mlflow.log_artifact(str(checkpoint_path), artifact_path="checkpoint")
         mlflow.log_artifact(str(metrics_dir / TRAIN_METRICS_FILE), artifact_path="metrics")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pspnet.data.prepare import WriteOptions, failure_message, convert_source
+from pspnet.data.convert import WriteOptions, failure_message, convert_source
 from pspnet.data.sources.base import SourceData
 from pspnet.errors import DataError
 

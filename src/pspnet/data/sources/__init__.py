@@ -1,7 +1,7 @@
 """Source adapters: one module per dataset layout, each turning the dataset as it ships into
 samples in our label space (see :mod:`pspnet.data.sources.base` for the contract).
 
-``data.source.name`` picks one from :data:`SOURCES`; :mod:`pspnet.data.prepare` writes what it
+``data.source.name`` picks one from :data:`SOURCES`; :mod:`pspnet.data.convert` writes what it
 lists into the canonical prepared form. Adding a layout = one module + one entry here (and its
 name in :data:`pspnet.config.SOURCE_NAMES`).
 """

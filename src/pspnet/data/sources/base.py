@@ -3,7 +3,7 @@ helpers that read a dataset's files and map its label ids onto ours with errors 
 
 An adapter (``(params, folders: SourceFolders) -> SourceData``) only *lists* its samples: each
 :class:`SampleRef` carries a ``load`` function that reads that one sample when called. The
-writer (:mod:`pspnet.data.prepare`) calls ``load`` from a few threads at a time, so a large
+writer (:mod:`pspnet.data.convert`) calls ``load`` from a few threads at a time, so a large
 dataset is never held in memory and its files are decoded in parallel.
 """
 
@@ -25,7 +25,7 @@ from pspnet.errors import DataError
 #: An image: a decoded uint8 (H, W, 3) RGB array or (H, W) grey array (grey follows
 #: ``data.non_rgb_images``), or the path of a file the writer copies verbatim when it is
 #: already an RGB PNG or JPEG (no re-encoding, no quality loss) and converts to an RGB PNG when
-#: the conversion is exact (see :mod:`pspnet.data.prepare`).
+#: the conversion is exact (see :mod:`pspnet.data.convert`).
 ImageData = np.ndarray | Path
 #: ``load()`` -> (image, mask): the mask is uint8 (H, W) in OUR label space (class ids 0..K-1,
 #: ``ignore_index`` elsewhere), already mapped from the dataset's ids.
@@ -71,7 +71,7 @@ class SampleError(DataError):
 
 @dataclass(frozen=True)
 class SourceFolders:
-    """The local folders of a source's raw inputs (see :mod:`pspnet.data.location`).
+    """The local folders of a source's raw inputs (see :mod:`pspnet.ops.import_data`).
 
     ``location``: the dataset (``data.source.location``), ``None`` for generated data;
     ``sbd``: the SBD release (``data.source.sbd_location``, ``voc`` only).

@@ -28,7 +28,7 @@ import yaml
 
 from pspnet.config import Params
 from pspnet.errors import DataError, PspnetError
-from pspnet.tools import tool_env
+from pspnet.ops.environment import tool_env
 
 log = logging.getLogger(__name__)
 

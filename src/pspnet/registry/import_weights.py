@@ -91,7 +91,8 @@ def import_weights(
     from pspnet.model.pspnet import count_parameters
     from pspnet.registry.packaging import log_segmentation_model
     from pspnet.registry.register import TAG_CHECKPOINT_SHA, class_tags, probe_logged_model, sha256_file
-    from pspnet.registry.tracking import run_tags, setup_mlflow
+    from pspnet.tracking.runs import run_tags
+    from pspnet.tracking.store import setup_mlflow
 
     root = Path(root)
     source = Path(source)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pspnet.tools import tool_env
+from pspnet.ops.environment import tool_env
 
 
 def test_the_interpreters_bin_comes_first_so_stage_commands_resolve(monkeypatch: pytest.MonkeyPatch) -> None:

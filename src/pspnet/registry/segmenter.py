@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pspnet.config import Params
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.registry import serving_model
 
@@ -271,9 +272,55 @@ def load_segmenter(source: str | Path) -> Segmenter:
     """A :class:`Segmenter` from a checkpoint path or an MLflow model URI (see the module docstring).
 
     MLflow URIs resolve against the current tracking / registry URI (call
-    :func:`pspnet.registry.tracking.setup_mlflow` first to use the project's store).
+    :func:`pspnet.tracking.store.setup_mlflow` first to use the project's store).
     """
     text = str(source)
     if is_checkpoint_path(text):
         return _from_checkpoint(Path(text))
     return _from_mlflow(text)
+
+
+# --------------------------------------------------------------------------- by name or path
+
+#: URI schemes resolved through the tracking / registry store (which must then exist).
+STORE_SCHEMES = ("models:", "runs:")
+#: Prefix of a local SQLite store URI; the database path follows it.
+SQLITE_PREFIX = "sqlite:///"
+
+
+def default_model_uri(params: Params) -> str:
+    """``models:/<register.model_name>@<register.champion_alias>``: the current champion."""
+    return f"models:/{params.register_.model_name}@{params.register_.champion_alias}"
+
+
+def model_source(model: str | None, params: Params) -> str:
+    """``model`` (a local path made absolute, so the summary names it anywhere) or the champion's URI."""
+    if model is None:
+        return default_model_uri(params)
+    local = Path(model).expanduser()
+    return os.path.abspath(local) if local.exists() else model
+
+
+def _require_store(tracking_uri: str, source: str) -> None:
+    """A ConfigError when ``source`` needs a local SQLite store that does not exist (MLflow
+    would create an empty one and then fail to find the model)."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return
+    database = Path(tracking_uri[len(SQLITE_PREFIX) :])
+    if not database.is_file():
+        raise ConfigError(
+            f"--model {source}: the MLflow store {database} does not exist. Run the pipeline (`dvc repro`) to "
+            "register a model, point MLFLOW_TRACKING_URI at your store, or pass a checkpoint with --model models/checkpoint.pt."
+        )
+
+
+def load_model(source: str, params: Params, root: Path) -> Segmenter:
+    """The :class:`Segmenter` for a checkpoint path, a local MLflow model
+    folder or an MLflow URI (resolved against the project's store)."""
+    from pspnet.tracking.store import resolve_tracking_uri, setup_mlflow
+
+    if not is_checkpoint_path(source) and not Path(source).is_dir():
+        if source.startswith(STORE_SCHEMES):
+            _require_store(resolve_tracking_uri(params.mlflow, root), source)
+        setup_mlflow(params.mlflow, root)
+    return load_segmenter(source)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pspnet import io
+from pspnet import atomic_files
 
 
 def test_write_json_creates_parents_and_leaves_no_temp_files(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "out.json"
-    io.write_json(target, {"b": 1, "a": [1, 2]})
+    atomic_files.write_json(target, {"b": 1, "a": [1, 2]})
     assert json.loads(target.read_text()) == {"a": [1, 2], "b": 1}
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
 
@@ -21,7 +21,7 @@ def test_failed_write_keeps_previous_content(tmp_path: Path) -> None:
     target = tmp_path / "model.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
+        with atomic_files.atomic_path(target) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
@@ -29,7 +29,7 @@ def test_failed_write_keeps_previous_content(tmp_path: Path) -> None:
 
 
 def test_atomic_path_keeps_the_suffix_for_format_sniffing_libraries(tmp_path: Path) -> None:
-    with io.atomic_path(tmp_path / "plot.png") as tmp:
+    with atomic_files.atomic_path(tmp_path / "plot.png") as tmp:
         assert tmp.suffix == ".png"
         tmp.write_bytes(b"x")
 
@@ -39,11 +39,11 @@ def test_atomic_dir_replaces_whole_tree_or_nothing(tmp_path: Path) -> None:
     target.mkdir()
     (target / "old.txt").write_text("old")
     with pytest.raises(ValueError):
-        with io.atomic_dir(target) as tmp:
+        with atomic_files.atomic_dir(target) as tmp:
             (tmp / "new.txt").write_text("new")
             raise ValueError("failed half-way")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
-    with io.atomic_dir(target) as tmp:
+    with atomic_files.atomic_dir(target) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pspnet.config import SyntheticConfig
-from pspnet.data import synthetic as syn
+from pspnet.data import context_scenes as syn
 
 HEIGHT, WIDTH = 48, 64
 THINGS = (syn.CAR, syn.BOAT, syn.PERSON)

@@ -19,7 +19,7 @@ import yaml
 
 from pspnet.config import MlflowConfig, parse_params
 from pspnet.errors import PspnetError
-from pspnet.registry import tracking
+from pspnet.tracking import store as tracking_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: A generous bound: the check answers in well under a second; MLflow's own client would retry
@@ -51,7 +51,7 @@ def test_an_unreachable_server_from_the_environment_fails_setup_at_once(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
     with pytest.raises(PspnetError) as info:
-        tracking.setup_mlflow(MlflowConfig(), tmp_path)
+        tracking_store.setup_mlflow(MlflowConfig(), tmp_path)
     assert time.monotonic() - started < FAST
     message = str(info.value)
     assert f"MLflow tracking server {uri} (from the environment variable MLFLOW_TRACKING_URI) is unreachable" in message
@@ -65,7 +65,7 @@ def test_a_server_from_params_that_never_answers_times_out(silent_port: int, tmp
     cfg = MlflowConfig(tracking_uri=f"http://user:secret@localhost:{silent_port}", connect_timeout=0.5)
     started = time.monotonic()
     with pytest.raises(PspnetError) as info:
-        tracking.check_tracking_store(cfg, tmp_path)
+        tracking_store.check_tracking_store(cfg, tmp_path)
     assert time.monotonic() - started < FAST
     message = str(info.value)
     assert "(from mlflow.tracking_uri in params.yaml)" in message and "no answer within 0.5 s (mlflow.connect_timeout)" in message
@@ -77,19 +77,19 @@ def test_a_file_that_is_not_a_database_is_named_and_left_alone(tmp_path: Path) -
     store = tmp_path / "mlflow.db"
     store.write_text("not a database, " * 100)
     with pytest.raises(PspnetError, match=r"mlflow\.db is not a usable SQLite database \(file is not a database\)\. Fix: move the file away"):
-        tracking.setup_mlflow(MlflowConfig(), tmp_path)
+        tracking_store.setup_mlflow(MlflowConfig(), tmp_path)
     assert store.read_text().startswith("not a database")
     folder = tmp_path / "folder.db"
     folder.mkdir()
     with pytest.raises(PspnetError, match="is a folder, not a database file"):
-        tracking.check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}"), tmp_path)
+        tracking_store.check_tracking_store(MlflowConfig(tracking_uri=f"sqlite:///{folder}"), tmp_path)
 
 
 def test_the_check_creates_nothing_and_a_good_store_passes(tmp_path: Path) -> None:
-    assert tracking.check_tracking_store(MlflowConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking_store.check_tracking_store(MlflowConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert list(tmp_path.iterdir()) == []
-    tracking.setup_mlflow(MlflowConfig(), tmp_path)
-    tracking.check_tracking_store(MlflowConfig(), tmp_path)  # the store just created passes
+    tracking_store.setup_mlflow(MlflowConfig(), tmp_path)
+    tracking_store.check_tracking_store(MlflowConfig(), tmp_path)  # the store just created passes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]  # no lock file left behind
 
 
@@ -113,15 +113,15 @@ def preset_project(tmp_path: Path) -> Path:
 def test_an_experiment_stops_before_importing_data_or_running_a_stage(
     preset_project: Path, closed_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pspnet.data.location
-    from pspnet import experiment
+    import pspnet.ops.import_data
+    from pspnet import presets
 
     ran: list[str] = []
-    monkeypatch.setattr(pspnet.data.location, "import_data", lambda *a, **k: ran.append("import-data"))
-    monkeypatch.setattr(experiment, "run_streamed", lambda *a, **k: ran.append("dvc"))
+    monkeypatch.setattr(pspnet.ops.import_data, "import_data", lambda *a, **k: ran.append("import-data"))
+    monkeypatch.setattr(presets, "run_streamed", lambda *a, **k: ran.append("dvc"))
     params_before = (preset_project / "params.yaml").read_text()
     with pytest.raises(PspnetError, match=rf"mlflow.tracking_uri in params.yaml\) is unreachable: connection refused.*{closed_port}"):
-        experiment.run_preset(preset_project, "mine", overrides={"mlflow.tracking_uri": f"http://127.0.0.1:{closed_port}"})
+        presets.run_preset(preset_project, "mine", overrides={"mlflow.tracking_uri": f"http://127.0.0.1:{closed_port}"})
     assert ran == []
     assert (preset_project / "params.yaml").read_text() == params_before
     assert not (preset_project / "docs").exists()
@@ -141,7 +141,7 @@ def test_an_ablation_stops_before_its_first_row(preset_project: Path, closed_por
 SETUP_SCRIPT = """
 import sys
 from pspnet.config import MlflowConfig
-from pspnet.registry.tracking import setup_mlflow
+from pspnet.tracking.store import setup_mlflow
 print(setup_mlflow(MlflowConfig(), sys.argv[1]))
 """
 

@@ -1,4 +1,4 @@
-"""The one place that decides where MLflow tracks: URI, experiment, run references, run tags.
+"""Where MLflow tracks: the store's URI, its reachability check and the run set-up.
 
 Default store: ``sqlite:////<root>/mlflow.db`` with artifacts in ``<root>/mlartifacts``, both
 addressed by absolute path so that ``dvc exp run --temp`` / ``--queue`` (which run stages in a
@@ -15,24 +15,19 @@ file must open as a database. Each failure names the URI, where it came from and
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pspnet import io
 from pspnet.config import MlflowConfig
-from pspnet.data.manifest import load_dataset_record
-from pspnet.errors import DataError, PspnetError
+from pspnet.errors import PspnetError
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -295,68 +290,3 @@ def setup_mlflow(cfg: MlflowConfig, root: str | Path | None = None) -> str:
             f"MLflow tracking store {redact(uri)} (from {origin}) is not usable: {err}. Fix: check "
             f"{TRACKING_URI_ENV} / mlflow.tracking_uri in params.yaml, or start the tracking server."
         ) from None
-
-
-#: Environment variable naming a preset run (set by ``pspnet experiment``); runs are tagged with it.
-RUN_NAME_ENV = "PSPNET_RUN_NAME"
-#: Where a stage records the MLflow run it logged to (under ``paths.models``).
-RUN_REF_FILE = "mlflow_run.json"
-
-
-def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:
-    """Tags naming the data a run used: source, location, the prepared data version (a content
-    hash of every prepared file) and the raw data version DVC recorded (``dvc update`` changes
-    it). Empty when the prepared dataset has no record."""
-    try:
-        record = load_dataset_record(prepared_dir)
-    except DataError:
-        return {}
-    if not record:
-        return {}
-    tags = {"data.source": str(record.get("source")), "data.version": str(record.get("version"))}
-    for field, item in (record.get("inputs") or {}).items():
-        short = field.removeprefix("data.source.")
-        tags[f"data.{short}"] = str(item.get("location"))
-        if item.get("dvc_version"):
-            tags[f"data.{short}.dvc_md5"] = str(item["dvc_version"])
-    return tags
-
-
-def run_tags(root: str | Path | None = None) -> dict[str, str]:
-    """Tags that tie a run to its code and experiment: git commit, DVC experiment name."""
-    tags: dict[str, str] = {}
-    cwd = Path(root or os.getcwd())
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        tags["mlflow.source.git.commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    if os.environ.get(RUN_NAME_ENV):
-        tags["pspnet.run_name"] = os.environ[RUN_NAME_ENV]
-    return tags
-
-
-@dataclass(frozen=True)
-class RunRef:
-    """Which MLflow run a pipeline's stages share: written by ``train``, read by later stages."""
-
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
-
-    def save(self, path: str | Path) -> None:
-        io.write_json(path, asdict(self))
-
-    @classmethod
-    def load(cls, path: str | Path) -> RunRef:
-        path = Path(path)
-        try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise PspnetError(f"{path}: no MLflow run reference. Run the `train` stage first.") from None
-        except (TypeError, ValueError) as err:
-            raise PspnetError(f"{path}: malformed MLflow run reference ({err}). Re-run `train`.") from None

@@ -19,7 +19,7 @@ from pspnet.evaluate.inference import predict_logits
 from pspnet.model.checkpoint import load_checkpoint, save_checkpoint
 from pspnet.model.export import SegmentationModel
 from pspnet.model.pspnet import build_model
-from pspnet.registry.loading import MIN_SIDE, load_segmenter
+from pspnet.registry.segmenter import MIN_SIDE, load_segmenter
 
 NAMES = ["road", "car", "sky"]
 COLORS = [[128, 64, 128], [0, 0, 142], [70, 130, 180]]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pspnet.config import Params, parse_params
-from pspnet.data.location import import_data, raw_inputs, resolve_input
+from pspnet.ops.import_data import import_data, raw_inputs, resolve_input
 from pspnet.errors import DataError
 from tests.integration.conftest import run
 

@@ -10,7 +10,7 @@ import yaml
 
 from pspnet.errors import ConfigError
 from pspnet.config import flatten
-from pspnet.experiment import load_preset, parse_overrides, render_report, unflatten
+from pspnet.presets import load_preset, parse_overrides, render_report, unflatten
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,8 @@ A preset is a YAML file under ``configs/`` holding only the keys that differ fro
 1. merges the preset (and any ``--set KEY=VALUE``) over ``params.yaml`` and validates the
    result (an unknown key or a bad value names the preset file and stops before anything runs),
    then checks that the MLflow tracking store answers
-   (:func:`pspnet.registry.tracking.check_tracking_store`; an unreachable server stops it here);
-2. brings the preset's data source under DVC (:func:`pspnet.data.location.import_data`:
+   (:func:`pspnet.tracking.store.check_tracking_store`; an unreachable server stops it here);
+2. brings the preset's data source under DVC (:func:`pspnet.ops.import_data.import_data`:
    ``dvc import-url`` the first time, ``dvc update`` after, so new files are picked up);
 3. writes the merged parameters to ``params.yaml`` and runs ``dvc repro``, so DVC reruns
    exactly the stages whose inputs changed and ``dvc.lock`` records the data version used;
@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import (
     DEFAULT_PARAMS_FILE,
     Params,
@@ -54,8 +54,9 @@ from pspnet.config import (
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.registry.tracking import RUN_NAME_ENV, RUN_REF_FILE, check_tracking_store
-from pspnet.tools import tool_env
+from pspnet.tracking.runs import RUN_NAME_ENV, RUN_REF_FILE
+from pspnet.tracking.store import check_tracking_store
+from pspnet.ops.environment import tool_env
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def params_restored(root: Path) -> Iterator[Path]:
         try:
             yield params_file
         finally:
-            io.write_bytes(params_file, saved.read_bytes())
+            atomic_files.write_bytes(params_file, saved.read_bytes())
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
@@ -277,7 +278,7 @@ def run_preset(
     root: Path, preset: str, name: str | None = None, out: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run a preset (with ``overrides`` on top) end to end (see the module doc); returns the report."""
-    from pspnet.data.location import import_data
+    from pspnet.ops.import_data import import_data
 
     root = Path(root).resolve()
     path, settings, params = load_preset(root, preset, overrides)
@@ -288,7 +289,7 @@ def run_preset(
     with params_restored(root) as params_file:
         imported = import_data(params, root)
         merged = params.model_dump(mode="json", by_alias=True)
-        io.write_text(params_file, f"# {stem}: params.yaml + {path.relative_to(root)} (restored after the run)\n" + yaml.safe_dump(merged, sort_keys=False))
+        atomic_files.write_text(params_file, f"# {stem}: params.yaml + {path.relative_to(root)} (restored after the run)\n" + yaml.safe_dump(merged, sort_keys=False))
         seconds = run_repro(root, name)
         results = workspace_results(root)
         dataset = load_dataset_record(root / params.paths.prepared)
@@ -305,6 +306,6 @@ def run_preset(
         **results,
         "wall_seconds": round(seconds, 1),
     }
-    io.write_json(out_path.with_suffix(".json"), report)
-    io.write_text(out_path.with_suffix(".md"), render_report(report))
+    atomic_files.write_json(out_path.with_suffix(".json"), report)
+    atomic_files.write_text(out_path.with_suffix(".md"), render_report(report))
     return {**{k: report[k] for k in ("experiment", "miou", "data_version")}, "report": str(out_path.with_suffix(".md"))}

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from pspnet.config import load_params
-from pspnet.data.changes import data_changes
+from pspnet.ops.data_changes import data_changes
 from pspnet.errors import DataError
 from tests.integration.conftest import make_tiny_project, run
 
@@ -54,9 +54,9 @@ def test_synthetic_source_never_run_unchanged_params_changed_and_code_is_not_dat
     assert after_prepare.summary().startswith("data/raw ") and "as in dvc.lock" in after_prepare.summary()
 
     # A code-only edit: DVC would rerun prepare, but no new data arrived.
-    with (project / "src/pspnet/data/prepare.py").open("a") as code:
+    with (project / "src/pspnet/stages/prepare.py").open("a") as code:
         code.write("\n# a code-only edit\n")
-    assert "src/pspnet/data/prepare.py" in run(["dvc", "status", "prepare"], project).stdout
+    assert "src/pspnet/stages/prepare.py" in run(["dvc", "status", "prepare"], project).stdout
     assert not _changes(project).changed
 
     _set_param(project, "data.synthetic", "seed", 1)

@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: turn a data source into the canonical prepared dataset.
+"""Convert a data source into the canonical prepared dataset (the domain side of ``prepare``).
 
 The prepared form, under ``params.paths.prepared``::
 
@@ -27,7 +27,7 @@ folder (no symlink or ``..`` leading out), be non-empty, be what its suffix says
 at most ``data.max_image_pixels`` pixels. Images are then decoded in full (a truncated file is
 caught here) and non-RGB ones follow ``data.non_rgb_images``. Problems of the dataset itself
 (a missing folder, a bad class file, no sample at all) still raise. The whole tree is built in
-a temp folder and swapped in at the end (:func:`pspnet.io.atomic_dir`): a failure never leaves
+a temp folder and swapped in at the end (:func:`pspnet.atomic_files.atomic_dir`): a failure never leaves
 a half-written dataset behind.
 """
 
@@ -38,7 +38,6 @@ import io as _bytes_io
 import logging
 import os
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,22 +51,14 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pspnet import io
+from pspnet import atomic_files
 from pspnet.config import DEFAULT_MAX_IMAGE_PIXELS, Params
-from pspnet.data.classes import CLASSES_FILE
 from pspnet.data.imagefiles import OUTSIDE_ROOT, UNREADABLE, FileProblem, check_file, check_pixels, outside
-from pspnet.data.location import raw_inputs, raw_version, resolve_input
 from pspnet.data.manifest import (
     COLUMNS,
-    DATASET_FILE,
     FILES_SEPARATOR,
-    MANIFEST_FILE,
     REJECTED_COLUMNS,
-    REJECTED_FILE,
-    write_manifest,
-    write_rejected,
 )
-from pspnet.data.sources import get_adapter
 from pspnet.data.sources.base import (
     DUPLICATE_ID,
     IMAGE_MODE,
@@ -77,7 +68,6 @@ from pspnet.data.sources.base import (
     SampleError,
     SampleRef,
     SourceData,
-    SourceFolders,
 )
 from pspnet.errors import DataError
 
@@ -92,8 +82,6 @@ COPIED_FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 SAMPLE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Samples in flight per worker thread (bounds memory: at most workers x this are loaded).
 IN_FLIGHT_PER_WORKER = 4
-#: The project's DVC cache: raw files may be symlinks into it (``cache.type: symlink``).
-DVC_CACHE_DIR = ".dvc/cache"
 #: ``data.non_rgb_images`` values.
 CONVERT, REJECT = "convert", "reject"
 RGB_MODE = "RGB"
@@ -286,8 +274,8 @@ def write_sample(folder: Path, ref: SampleRef, source: str, options: WriteOption
     mask_data = _png_bytes(mask)
     image_rel = f"{IMAGES_DIR}/{ref.id}{suffix}"
     mask_rel = f"{MASKS_DIR}/{ref.id}{MASK_SUFFIX}"
-    io.write_bytes(folder / image_rel, image_data)
-    io.write_bytes(folder / mask_rel, mask_data)
+    atomic_files.write_bytes(folder / image_rel, image_data)
+    atomic_files.write_bytes(folder / mask_rel, mask_data)
     row = {
         "id": ref.id,
         "split": ref.split,
@@ -409,92 +397,3 @@ def content_version(manifest: pd.DataFrame, classes_json: bytes) -> str:
     digest.update(manifest[["id", "split"]].to_csv(index=False).encode())
     digest.update(classes_json)
     return digest.hexdigest()
-
-
-def source_folders(params: Params, root: Path) -> tuple[SourceFolders, dict[str, Any]]:
-    """The checked local folders of the source's raw inputs, and their record for dataset.json."""
-    found: dict[str, Path] = {}
-    record: dict[str, Any] = {}
-    for item in raw_inputs(params, root):
-        found[item.field] = resolve_input(item, root)
-        record[item.field] = {
-            "location": item.location,
-            "path": str(item.path.relative_to(root)) if root in item.path.parents else str(item.path),
-            "dvc_version": raw_version(item),
-        }
-    folders = SourceFolders(found.get("data.source.location"), found.get("data.source.sbd_location"))
-    return folders, record
-
-
-def allowed_roots(data: SourceData, root: Path) -> tuple[Path, ...]:
-    """The folders the source's files may resolve into: its input folders (and the project's DVC
-    cache, which DVC may link raw files into); empty (no check) for a source without inputs."""
-    if not data.inputs:
-        return ()
-    cache = root / DVC_CACHE_DIR
-    return (*data.inputs, cache) if cache.is_dir() else tuple(data.inputs)
-
-
-def prepare(params: Params, root: Path) -> dict[str, Any]:
-    """Stage ``prepare``: build ``root / params.paths.prepared`` from ``params.data.source``.
-
-    Samples that cannot be converted are left out and listed in ``rejected.csv`` (``validate``
-    fails on them, or quarantines them); a source without any convertible sample is an error.
-    Returns ``{"prepared": path, "source": name, "num_samples": n, "splits": {split: n},
-    "num_classes": c, "version": content hash, "rejected": n, "image_conversions": {mode: n},
-    "seconds": s}``.
-    """
-    start = time.perf_counter()
-    root = Path(root).resolve()
-    name = params.data.source.name
-    folders, inputs = source_folders(params, root)
-    data = get_adapter(name)(params, folders)
-    target = root / params.paths.prepared
-    options = WriteOptions.from_params(params, allowed_roots(data, root))
-    with io.atomic_dir(target) as tmp:
-        converted = convert_source(tmp, data, name, params.data.num_workers, options, root)
-        manifest, rejected = converted.manifest, converted.rejected
-        if manifest.empty:
-            if rejected.empty:
-                raise DataError(f"prepare: source {name!r} yielded no samples. Fix data.source.location in params.yaml.")
-            head = f"prepare: every sample of source {name!r} was rejected ({len(rejected)}); nothing was written:"
-            raise DataError(failure_message(head, converted.messages(), params.validate_.max_failures_listed))
-        write_manifest(tmp / MANIFEST_FILE, manifest)
-        write_rejected(tmp / REJECTED_FILE, rejected)
-        data.classes.save(tmp / CLASSES_FILE)
-        version = content_version(manifest, (tmp / CLASSES_FILE).read_bytes())
-        splits = dict(Counter(manifest["split"]))
-        io.write_json(
-            tmp / DATASET_FILE,
-            {
-                "source": name,
-                "inputs": inputs,
-                "expect": data.expect.to_json(),
-                "num_samples": len(manifest),
-                "splits": splits,
-                "num_classes": data.classes.num_classes,
-                "version": version,
-                "num_rejected": len(rejected),
-                "non_rgb_images": options.non_rgb_images,
-                "image_conversions": converted.conversions,
-            },
-        )
-    if len(rejected):
-        log.warning(
-            "prepare: %d sample(s) of source %r rejected, listed in %s/%s; validate fails on them "
-            "unless validate.quarantine is true",
-            len(rejected), name, params.paths.prepared, REJECTED_FILE,
-        )  # fmt: skip
-    if converted.conversions:
-        log.info("prepare: images converted to RGB, by source mode: %s", converted.conversions)
-    return {
-        "prepared": params.paths.prepared,
-        "source": name,
-        "num_samples": len(manifest),
-        "splits": splits,
-        "num_classes": data.classes.num_classes,
-        "version": version,
-        "rejected": len(rejected),
-        "image_conversions": converted.conversions,
-        "seconds": round(time.perf_counter() - start, 2),
-    }

@@ -5,7 +5,7 @@ records, or that ``dvc update`` would bring a new version of an imported source:
 
 - ``dvc.lock`` is missing or has no ``prepare`` entry: the pipeline never ran;
 - an imported raw input (``data.source.location`` / ``sbd_location`` outside ``paths.raw``,
-  brought in with ``dvc import-url`` by :mod:`pspnet.data.location`) is not imported yet, was
+  brought in with ``dvc import-url`` by :mod:`pspnet.ops.import_data`) is not imported yet, was
   imported from another location, or its source's hash differs from the one its ``.dvc`` file
   recorded;
 - the raw data folder (``paths.raw``, a dependency of ``prepare``) differs from its hash in
@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from pspnet.config import Params, flatten
-from pspnet.data.location import RawInput, dvc_file_source, raw_inputs, same_location
+from pspnet.ops.import_data import RawInput, dvc_file_source, raw_inputs, same_location
 from pspnet.errors import ConfigError, DataError, PspnetError
 
 #: The stage that reads the raw data and the ``data`` parameters.

@@ -1,0 +1,1 @@
+"""Operations around the domain code: DVC commands, data imports, the tools' environment."""
