@@ -135,13 +135,14 @@ def test_too_small_train_split_is_a_data_error(tmp_path: Path, monkeypatch: pyte
 
 def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
     from pspnet.data.manifest import DATASET_FILE
-    from pspnet.data.quarantine import effective_version, quarantine_path, write_quarantine
+    from pspnet.data.quarantine import effective_version, write_quarantine
+    from pspnet.layout import Layout
 
     (project / "data" / "prepared" / DATASET_FILE).write_text(json.dumps({"version": "v1"}))
     params = _params(train={"epochs": 1}, validate={"quarantine": True})
     ids = ["train_000", "train_001"]
     write_quarantine(
-        quarantine_path(params, project),
+        Layout(project, params.paths).quarantine,
         [{"id": sid, "split": "train", "files": f"images/{sid}.png", "problems": "bad. Fix: x"} for sid in ids],
     )
 

@@ -1,6 +1,6 @@
 """The quarantine list: samples ``validate`` set aside (``validate.quarantine: true``).
 
-``validate`` writes ``<reports>/validation/quarantine.csv`` on every run (atomically; only a
+``validate`` writes the quarantine list (``reports/validation/quarantine.csv``) on every run (atomically; only a
 header when nothing is quarantined or quarantine is off): one row per failing sample, with
 ``id``, ``split``, ``files`` (prepared files, or the source files of a sample ``prepare``
 rejected) and ``problems`` (each with its fix). Nothing is moved or deleted: the prepared data
@@ -20,20 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from pspnet import atomic_files
-from pspnet.config import Params
 from pspnet.errors import DataError
 
-#: Folder of the validation reports under ``paths.reports``.
-VALIDATION_DIR = "validation"
-QUARANTINE_FILE = "quarantine.csv"
 QUARANTINE_COLUMNS = ("id", "split", "files", "problems")
 #: Separator of the entries of the ``files`` and ``problems`` cells.
 SEPARATOR = " | "
-
-
-def quarantine_path(params: Params, root: Path) -> Path:
-    """``<root>/<paths.reports>/validation/quarantine.csv``."""
-    return Path(root) / params.paths.reports / VALIDATION_DIR / QUARANTINE_FILE
 
 
 def write_quarantine(path: Path, rows: Iterable[dict[str, str]]) -> None:
@@ -56,12 +47,13 @@ def read_quarantine(path: Path) -> pd.DataFrame:
     return frame
 
 
-def excluded_ids(params: Params, root: Path) -> frozenset[str]:
-    """The sample ids train / evaluate / register must skip: those of ``quarantine.csv`` when
-    ``validate.quarantine`` is on; none when it is off or ``validate`` has not written the file."""
-    if not params.validate_.quarantine:
+def excluded_ids(path: Path, enabled: bool) -> frozenset[str]:
+    """The sample ids train / evaluate / register must skip: those of the quarantine list at
+    ``path`` when quarantine is ``enabled`` (``validate.quarantine``); none when it is off or
+    ``validate`` has not written the file."""
+    if not enabled:
         return frozenset()
-    return frozenset(read_quarantine(quarantine_path(params, root))["id"])
+    return frozenset(read_quarantine(path)["id"])
 
 
 def effective_version(version: str | None, excluded: Iterable[str]) -> str | None:

@@ -49,7 +49,8 @@ from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import REJECTED_FILE, load_dataset_record, read_rejected
 from pspnet.data.profile import SINGLE_CHANNEL_MASK_MODES, problem_list, profile_dataset, rejected_rows
-from pspnet.data.quarantine import QUARANTINE_FILE, VALIDATION_DIR, effective_version, write_quarantine
+from pspnet.data.quarantine import effective_version, write_quarantine
+from pspnet.layout import QUARANTINE_FILE, VALIDATION_DIR
 from pspnet.data.quarantine import SEPARATOR as QUARANTINE_SEPARATOR
 from pspnet.data.shift import (
     load_history,

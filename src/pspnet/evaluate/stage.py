@@ -93,6 +93,7 @@ def split_dataset(params: Params, root: Path, model_cfg: ModelConfig) -> Any:
     ``validate`` quarantined (:func:`pspnet.data.quarantine.excluded_ids`)."""
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.quarantine import excluded_ids
+    from pspnet.layout import Layout
     from pspnet.data.transforms import eval_transform
 
     prepared = Path(root) / params.paths.prepared
@@ -100,7 +101,7 @@ def split_dataset(params: Params, root: Path, model_cfg: ModelConfig) -> Any:
         prepared,
         SPLIT,
         eval_transform(params.model_copy(update={"model": model_cfg})),
-        exclude=excluded_ids(params, root),
+        exclude=excluded_ids(Layout(root, params.paths).quarantine, params.validate_.quarantine),
         max_image_pixels=params.data.max_image_pixels,
     )
     if len(dataset) == 0:

@@ -62,6 +62,7 @@ from pspnet.data.classes import load_classes
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import load_dataset_record
 from pspnet.data.quarantine import effective_version, excluded_ids
+from pspnet.layout import Layout
 from pspnet.data.transforms import train_transform
 from pspnet.device import resolve_device
 from pspnet.errors import DataError, PspnetError
@@ -296,7 +297,7 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
     configure_cudnn(device, t.cudnn_benchmark)
     precision = resolve_precision(t.precision, device)
     channels_last = resolve_channels_last(t.channels_last, device)
-    quarantined = excluded_ids(params, root)  # samples `validate` set aside
+    quarantined = excluded_ids(Layout(root, params.paths).quarantine, params.validate_.quarantine)  # samples `validate` set aside
     dataset = SegmentationDataset(
         prepared, "train", train_transform(params), exclude=quarantined, max_image_pixels=params.data.max_image_pixels
     )
