@@ -1,6 +1,6 @@
 """CPU figures of the data path: the training input pipeline and the validation stage.
 
-Input pipeline: the library's train loader (:func:`pspnet.train.stage.make_train_loader`:
+Input pipeline: the library's train loader (:func:`pspnet.train.recipe.make_train_loader`:
 :class:`~pspnet.data.dataset.SegmentationDataset` decoding PNGs, the paper's augmentation of
 :func:`pspnet.data.transforms.train_transform`, per-sample reseeding, default collation)
 against a plain PIL decode + torchvision ``transforms.v2`` pipeline doing the same steps, both
@@ -168,7 +168,7 @@ def input_pipeline(settings: dict[str, Any], progress: Progress, repo: Path, wor
 
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.transforms import train_transform
-    from pspnet.train.stage import make_train_loader
+    from pspnet.train.recipe import make_train_loader
 
     progress.step("writing the images", 0.0)
     data = pipeline_images(repo, work / "pipeline", settings["images"], tuple(settings["generated_hw"]))

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from bench.timing import Progress, figure, ratio, run_measured, subprocess_env
+from pspnet.config import deep_merge
 
 #: Overrides that make the full pipeline short: a handful of small images, one epoch.
 TINY_PARAMS: dict[str, dict[str, Any]] = {
@@ -31,15 +32,6 @@ DVC_TIMEOUT_S = 1200.0
 PEER_DVC_YAML = {"stages": {"copy": {"cmd": "cp in.txt out.txt", "deps": ["in.txt"], "outs": ["out.txt"]}}}
 
 
-def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def tiny_project(repo: Path, dest: Path, overrides: dict[str, Any]) -> Path:
     dest.mkdir(parents=True)
     shutil.copy2(repo / "dvc.yaml", dest / "dvc.yaml")
@@ -48,7 +40,7 @@ def tiny_project(repo: Path, dest: Path, overrides: dict[str, Any]) -> Path:
     if readme.is_file():
         shutil.copy2(readme, dest / "data" / "raw" / "README.md")
     shutil.copytree(repo / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    params = _deep_update(yaml.safe_load((repo / "params.yaml").read_text()), overrides)
+    params = deep_merge(yaml.safe_load((repo / "params.yaml").read_text()), overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 
@@ -57,7 +49,7 @@ def dvc_pipeline(settings: dict[str, Any], progress: Progress, repo: Path, work:
     """Full ``dvc repro`` (wall, training time, overhead), then no-op repros of ours and the peer."""
     env = subprocess_env(pycache)
     target = settings.get("target") or []
-    project = tiny_project(repo, work / "dvc" / "project", _deep_update(json.loads(json.dumps(TINY_PARAMS)), settings.get("overrides", {})))
+    project = tiny_project(repo, work / "dvc" / "project", deep_merge(TINY_PARAMS, settings.get("overrides", {})))
     peer = work / "dvc" / "peer"
     peer.mkdir(parents=True)
     (peer / "dvc.yaml").write_text(yaml.safe_dump(PEER_DVC_YAML))
@@ -84,7 +76,7 @@ def dvc_pipeline(settings: dict[str, Any], progress: Progress, repo: Path, work:
     overhead = full.wall_s - train_s
     shutil.rmtree(work / "dvc", ignore_errors=True)
     return {
-        "settings": {**settings, "params_overrides": _deep_update(json.loads(json.dumps(TINY_PARAMS)), settings.get("overrides", {})),
+        "settings": {**settings, "params_overrides": deep_merge(TINY_PARAMS, settings.get("overrides", {})),
                      "target": what, "stages_run": stages},  # fmt: skip
         "full_run_s": full.wall_s,
         "full_run_runs": 1,

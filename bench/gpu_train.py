@@ -51,7 +51,7 @@ from pspnet import atomic_files
 from pspnet.config import ModelConfig, TrainConfig  # noqa: E402
 from pspnet.model.pspnet import build_model, count_parameters  # noqa: E402
 from pspnet.train.accel import checkpoint_blocks, configure_cudnn, make_scaler, memory_format  # noqa: E402
-from pspnet.train.loop import train_one_epoch  # noqa: E402
+from pspnet.train.loop import EpochPlan, TrainStep, train_one_epoch  # noqa: E402
 from pspnet.train.loss import SegmentationCriterion  # noqa: E402
 from pspnet.train.optim import build_optimizer, build_scheduler  # noqa: E402
 
@@ -262,11 +262,11 @@ def train_run(
 
     sync(device)
     start = time.perf_counter()
-    train_one_epoch(
-        network, loader, optimizer, scheduler, device=device, criterion=criterion, on_step=on_step,
-        progress=False, precision=variant.precision, channels_last=variant.channels_last,
+    step = TrainStep(
+        network, optimizer, scheduler, criterion, device, precision=variant.precision, channels_last=variant.channels_last,
         scaler=make_scaler(variant.precision, device), micro_batch=batch if variant.accumulate > 1 else None,
-    )  # fmt: skip
+    )
+    train_one_epoch(step, loader, EpochPlan(on_step=on_step, progress=False))  # fmt: skip
     step_times = [b - a for a, b in zip(stamps, stamps[1:])][warmup - 1 :]
     median = statistics.median(step_times)
     result = {

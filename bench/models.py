@@ -42,7 +42,7 @@ from bench.timing import (
 from pspnet.config import EvaluateConfig
 from pspnet.evaluate.inference import predict_logits
 from pspnet.train.accel import checkpoint_blocks, make_scaler, memory_format, resolve_channels_last, resolve_precision
-from pspnet.train.loop import train_one_epoch
+from pspnet.train.loop import EpochPlan, TrainStep, train_one_epoch
 from pspnet.train.loss import SegmentationCriterion
 from pspnet.train.optim import build_scheduler
 
@@ -109,10 +109,11 @@ class TrainRig:
     def step(self, batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
         """One training step through the library's loop; its wall time in seconds."""
         start = time.perf_counter()
-        train_one_epoch(
-            self.model, [batch or self.batch], self.optimizer, self.scheduler, device=CPU, criterion=self.criterion,
-            progress=False, precision=self.precision, channels_last=self.channels_last, scaler=make_scaler(self.precision, CPU),
+        step = TrainStep(
+            self.model, self.optimizer, self.scheduler, self.criterion, CPU, precision=self.precision,
+            channels_last=self.channels_last, scaler=make_scaler(self.precision, CPU),
         )  # fmt: skip
+        train_one_epoch(step, [batch or self.batch], EpochPlan(progress=False))
         return time.perf_counter() - start
 
 

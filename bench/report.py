@@ -214,7 +214,7 @@ def _pipeline(s: dict[str, Any]) -> list[str]:
     st = s["settings"]
     aug = st["augmentation"]
     out = [
-        f"Data: {st['source']}. Ours: the library's train loader (`pspnet.train.stage.make_train_loader`: "
+        f"Data: {st['source']}. Ours: the library's train loader (`pspnet.train.recipe.make_train_loader`: "
         "`SegmentationDataset` PNG decode, `pspnet.data.transforms.train_transform`, per-sample reseeding, default collation) "
         f"with the paper's augmentation: scale {aug['scale_range']}, rotation ±{aug['rotate_degrees']}° (p {aug['rotate_p']}), "
         f"5x5 Gaussian blur (p {aug['blur_p']}), horizontal flip, pad + random crop {st['crop'][0]}x{st['crop'][1]}, normalise. "

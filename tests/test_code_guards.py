@@ -55,11 +55,11 @@ WRITE_MODE_CHARS = frozenset("wax+")
 
 # (file, enclosing function, start of the call's source) -> why it is fine.
 WRITE_ALLOWED: dict[tuple[str, str, str], str] = {
-    ("src/pspnet/evaluate/stage.py", "evaluate", "scored.images.save("):
+    ("src/pspnet/stages/evaluate.py", "run", "scored.images.save("):
         "ImageScores.save writes through atomic_files.atomic_path",
-    ("src/pspnet/train/stage.py", "_train", "ref.save("):
+    ("src/pspnet/stages/train.py", "_train", "ref.save("):
         "RunRef.save writes through atomic_files.write_json",
-    ("src/pspnet/train/stage.py", "_train.save_state", "store.save("):
+    ("src/pspnet/train/trainer.py", "Trainer.save_state", "self.store.save("):
         "StateStore.save (train/resume.py) writes through atomic_files.atomic_path",
     ("src/pspnet/data/convert.py", "_png_bytes", "Image.fromarray(array).save(buffer"):
         "encodes into an in-memory buffer; the bytes are written with atomic_files.write_bytes",
@@ -76,7 +76,7 @@ LOAD_ALLOWED: dict[tuple[str, str, str], str] = {
         "only with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, the user's explicit opt-in for a trusted store",
     ("src/pspnet/registry/serving_model.py", "SegmentationPyfunc.load_context", "torch.export.load("):
         "the served model's own code: it runs only where a user chose to load / serve that model",
-    ("src/pspnet/registry/register.py", "probe_logged_model", "mlflow.pyfunc.load_model("):
+    ("src/pspnet/registry/logged_model.py", "probe_logged_model", "mlflow.pyfunc.load_model("):
         "loads back the version this very run has just logged, to check it serves",
 }
 #: Calls that deserialise arbitrary Python objects.

@@ -1,29 +1,11 @@
 """The paper's ablations in miniature, as DVC experiments: ``pspnet ablation`` / ``make ablation``.
 
-Each row is one ``dvc exp run -n <name> -S key=value ...`` in the project's workspace, with the
-SAME seed, data and training budget; only the switches under study differ:
-
-====================  =====================================================================
-row                   what changes against ``pspnet`` (PPM, aux 0.4, avg pooling, 1 scale)
-====================  =====================================================================
-``fcn``               ``model.ppm=false``: the dilated-FCN baseline (paper Table 1)
-``pspnet``            the paper's network
-``pspnet-msflip``     ``evaluate.flip=true`` + multi-scale: the same trained model, tested with
-                      flip and scales (paper Table 4); it runs right after ``pspnet``, so DVC
-                      reruns only evaluate / register
-``aux0``              ``model.aux_weight=0``: no deep supervision (paper Table 2)
-``max``               ``model.ppm_pooling=max`` (paper Table 1)
-====================  =====================================================================
-
-Every row sets ALL the studied keys explicitly, so its result does not depend on which rows ran
-before it (only its duration does: a row whose training parameters differ from the
-workspace's retrains). The rows' ``metrics/eval.json`` (and ``metrics/train.json``) are
-collected into ``<out>.json`` after each row (so an interrupted study keeps what it measured
-and ``--resume`` continues it) and rendered as a Markdown table in ``<out>.md``. The
-experiments stay in DVC (``dvc exp show``) and MLflow like any other run.
-
-The workspace's ``params.yaml`` is saved before and put back afterwards, even on failure; the
-workspace outputs are those of the last row (``dvc exp apply <name>`` switches between rows).
+Each row (:data:`ROWS`: the FCN baseline, PSPNet, PSPNet tested with flip + scales, no
+auxiliary loss, max pooling) is one ``dvc exp run -n <name> -S key=value ...`` in the
+workspace, with the same seed, data and training budget, and sets every studied key, so its
+result does not depend on the rows before it. Results are saved after each row to
+``<out>.json`` (``--resume`` continues) and rendered to ``<out>.md``; ``params.yaml`` is put
+back afterwards, even on failure.
 """
 
 from __future__ import annotations
@@ -38,7 +20,8 @@ from typing import Any
 from pspnet import atomic_files
 from pspnet.config import DEFAULT_PARAMS_FILE, load_params
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.presets import EVAL_KEYS, exp_run_command, params_restored, read_json, run_experiment, workspace_results
+from pspnet.ops.dvc import exp_run_args, run_experiment
+from pspnet.presets import EVAL_KEYS, params_restored, read_json, workspace_results
 from pspnet.tracking.store import check_tracking_store
 
 log = logging.getLogger(__name__)
@@ -92,7 +75,7 @@ def experiment_name(row: Row, seed: int) -> str:
 
 def dvc_command(row: Row, seed: int) -> list[str]:
     """The ``dvc exp run`` argument list of ``row`` (what the report prints, minus the python -m)."""
-    return exp_run_command(experiment_name(row, seed), row_settings(row, seed))
+    return ["dvc", *exp_run_args(experiment_name(row, seed), row_settings(row, seed))]
 
 
 def collect_row(root: Path, row: Row, seed: int, seconds: float) -> dict[str, Any]:

@@ -114,18 +114,19 @@ def evaluate_command(
     params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
     root: RootOption = Path("."),
 ) -> None:
-    """Score the checkpoint on val: metrics/eval.json, plots, overlays (or any --model, see pspnet.evaluate.stage)."""
+    """Score the checkpoint on val: metrics/eval.json, plots, overlays (or any --model, see pspnet.stages.evaluate)."""
     if model is None:
         if out is not None:
             raise typer.BadParameter("--out goes with --model; the pipeline's evaluate writes to paths.metrics / paths.plots.")
         run_stage("evaluate", params, root)
         return
-    from pspnet.evaluate.stage import evaluate_model
+    from pspnet.registry.segmenter import load_model
+    from pspnet.stages.evaluate import evaluate_model
 
     _configure_logging()
     root = root.resolve()
     with exits_on_error("evaluate"):
-        summary = evaluate_model(load_params(_params_path(params, root)), root, model, out)
+        summary = evaluate_model(load_params(_params_path(params, root)), root, model, load_model, out)
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

@@ -7,6 +7,10 @@ value names the file, the field and what would be accepted.
 
 from __future__ import annotations
 
+# size: one typed model per params.yaml section, each field with its default and range; the
+# schema reads best in one file, in the order of params.yaml.
+
+import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -520,6 +524,17 @@ def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` on top, merged section by section; a new dict (copies), the inputs unchanged."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def _accepted_keys(loc: tuple[Any, ...]) -> list[str]:

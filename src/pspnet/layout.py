@@ -141,6 +141,14 @@ class Layout:
         return self.validation / VALIDATION_SUMMARY_FILE
 
     @property
+    def validation_history(self) -> Path:
+        return self.validation / VALIDATION_HISTORY_FILE
+
+    @property
+    def data_docs(self) -> Path:
+        return self.validation / DATA_DOCS_DIR
+
+    @property
     def quarantine(self) -> Path:
         return self.validation / QUARANTINE_FILE
 

@@ -1,40 +1,23 @@
 """Named experiments: a preset of parameters run through the pipeline (``pspnet experiment``).
 
 A preset is a YAML file under ``configs/`` holding only the keys that differ from
-``params.yaml`` (same sections and names), e.g. ``configs/camvid-cpu.yaml``. Running it:
-
-1. merges the preset (and any ``--set KEY=VALUE``) over ``params.yaml`` and validates the
-   result (an unknown key or a bad value names the preset file and stops before anything runs),
-   then checks that the MLflow tracking store answers
-   (:func:`pspnet.tracking.store.check_tracking_store`; an unreachable server stops it here);
-2. brings the preset's data source under DVC (:func:`pspnet.ops.import_data.import_data`:
-   ``dvc import-url`` the first time, ``dvc update`` after, so new files are picked up);
-3. writes the merged parameters to ``params.yaml`` and runs ``dvc repro``, so DVC reruns
-   exactly the stages whose inputs changed and ``dvc.lock`` records the data version used;
-4. writes ``<out>.md`` / ``<out>.json``: the exact command, the data version, the val mIoU and
-   the per-class IoU, timings and the MLflow run;
-5. puts ``params.yaml`` back as it was (even on failure); the workspace outputs stay those of
-   the preset's run.
-
-Presets run with ``dvc repro``, not ``dvc exp run``: with DVC 3.67 a workspace experiment
-deleted ``data/raw/camvid`` before prepare ran whenever its ``.dvc`` file was not committed
-yet (the state right after a first ``import-data``). The ablation study
-(:mod:`pspnet.ablation`), whose data is the embedded set, runs its rows as ``dvc exp run``.
+``params.yaml`` (same sections and names), e.g. ``configs/camvid-cpu.yaml``. Running it
+merges and validates it over ``params.yaml``, checks the MLflow tracking store, brings its
+data source under DVC (``pspnet import-data``), writes the merged ``params.yaml``, runs
+``dvc repro`` (not ``dvc exp run``), writes ``<out>.md`` / ``<out>.json`` (command, data
+version, val mIoU, per-class IoU, timings, MLflow run) and puts ``params.yaml`` back, even on
+failure.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -47,6 +30,7 @@ from pspnet import atomic_files
 from pspnet.config import (
     DEFAULT_PARAMS_FILE,
     Params,
+    deep_merge,
     flatten,
     load_params,
     parse_params,
@@ -54,53 +38,22 @@ from pspnet.config import (
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.tracking.runs import RUN_NAME_ENV, RUN_REF_FILE
+from pspnet.layout import PRESETS_DIR, RESULTS_DIR, Layout
+from pspnet.ops import import_data as data_import
+from pspnet.ops.dvc import format_value, run_streamed
+from pspnet.tracking.runs import RUN_NAME_ENV
 from pspnet.tracking.store import check_tracking_store
-from pspnet.ops.environment import tool_env
 
-log = logging.getLogger(__name__)
-
-#: Where presets live (``pspnet experiment camvid-cpu`` reads ``configs/camvid-cpu.yaml``).
-PRESETS_DIR = "configs"
+#: ``pspnet experiment camvid-cpu`` reads ``<PRESETS_DIR>/camvid-cpu.yaml``; the report goes to
+#: ``<RESULTS_DIR>/<preset>.md`` / ``.json`` by default.
 PRESET_SUFFIX = ".yaml"
-#: Where the report goes by default: ``docs/results/<preset>.md`` / ``.json``.
-RESULTS_DIR = "docs/results"
 #: Metrics copied from ``metrics/eval.json`` into a report.
 EVAL_KEYS = ("miou", "miou_absent_as_zero", "macc", "allacc")
 
 
 # --------------------------------------------------------------------------------------------
-# dvc exp run
+# The workspace: params.yaml kept safe, dvc repro, what the run left
 # --------------------------------------------------------------------------------------------
-
-
-def format_value(value: Any) -> str:
-    """A value as ``dvc exp run -S`` parses it (YAML flow syntax)."""
-    return json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
-
-
-def exp_run_command(name: str, settings: Mapping[str, Any]) -> list[str]:
-    """``dvc exp run -n <name> -S key=value ...`` as an argument list (without ``python -m``)."""
-    cmd = ["dvc", "exp", "run", "-n", name]
-    for key, value in settings.items():
-        cmd += ["-S", f"{key}={format_value(value)}"]
-    return cmd
-
-
-def run_streamed(root: Path, command: Sequence[str], env: Mapping[str, str] | None = None) -> float:
-    """Run ``dvc ...`` (``command[0] == "dvc"``) in ``root`` with its output streaming through;
-    its wall time in seconds, or a :class:`PspnetError` naming the command and its exit code."""
-    log.info("running: %s", shlex.join(command))
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *command], cwd=root, env={**tool_env(), **(env or {})}, check=False)
-    if proc.returncode != 0:
-        raise PspnetError(f"`{shlex.join(command)}` exited with {proc.returncode}; its output above says why.")
-    return time.perf_counter() - start
-
-
-def run_experiment(root: Path, name: str, settings: Mapping[str, Any]) -> float:
-    """Run one workspace experiment (``dvc exp run``); its wall time in seconds."""
-    return run_streamed(root, exp_run_command(name, settings))
 
 
 @contextmanager
@@ -134,18 +87,17 @@ def read_json(path: Path) -> dict[str, Any]:
 
 def run_repro(root: Path, name: str) -> float:
     """``dvc repro`` in ``root``, its MLflow runs tagged with ``name``; its wall time in seconds."""
-    return run_streamed(root, ["dvc", "repro"], {RUN_NAME_ENV: name})
+    return run_streamed(root, ["repro"], {RUN_NAME_ENV: name})
 
 
 def workspace_results(root: Path) -> dict[str, Any]:
     """What the last run left in the workspace: eval metrics, per-class IoU, training figures."""
-    params = load_params(root / DEFAULT_PARAMS_FILE)
-    metrics_dir = root / params.paths.metrics
-    evaluation = read_json(metrics_dir / "eval.json")
-    training = read_json(metrics_dir / "train.json")
+    layout = Layout(root, load_params(root / DEFAULT_PARAMS_FILE).paths)
+    evaluation = read_json(layout.eval_metrics)
+    training = read_json(layout.train_metrics)
     per_class = evaluation.get("per_class_iou", {})
     try:  # in class-id order, as the dataset defines them
-        order = ClassTable.load(root / params.paths.prepared / CLASSES_FILE).names
+        order = ClassTable.load(layout.prepared / CLASSES_FILE).names
         per_class = {name: per_class[name] for name in order if name in per_class} | per_class
     except PspnetError:
         pass
@@ -156,7 +108,7 @@ def workspace_results(root: Path) -> dict[str, Any]:
         "epochs": training.get("epochs"),
         "device": training.get("device"),
         "amp": training.get("amp"),
-        "mlflow_run_id": read_json(root / params.paths.models / RUN_REF_FILE).get("run_id"),
+        "mlflow_run_id": read_json(layout.run_ref).get("run_id"),
     }
 
 
@@ -174,16 +126,6 @@ def preset_path(root: Path, preset: str) -> Path:
         known = sorted(p.stem for p in (root / PRESETS_DIR).glob(f"*{PRESET_SUFFIX}"))
         raise ConfigError(f"{path}: no such preset. Known presets in {PRESETS_DIR}/: {known}.")
     return path
-
-
-def _merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -226,7 +168,7 @@ def load_preset(
         raise ConfigError(f"{path}: a preset is a mapping of params.yaml sections, got {type(overlay).__name__}.")
     settings = flatten(overlay) | dict(overrides or {})
     base = yaml.safe_load((root / DEFAULT_PARAMS_FILE).read_text(encoding="utf-8")) or {}
-    params = parse_params(_merge(base, unflatten(settings)), f"{path} (+ --set, over {DEFAULT_PARAMS_FILE})")
+    params = parse_params(deep_merge(base, unflatten(settings)), f"{path} (+ --set, over {DEFAULT_PARAMS_FILE})")
     return path, settings, params
 
 
@@ -278,8 +220,6 @@ def run_preset(
     root: Path, preset: str, name: str | None = None, out: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run a preset (with ``overrides`` on top) end to end (see the module doc); returns the report."""
-    from pspnet.ops.import_data import import_data
-
     root = Path(root).resolve()
     path, settings, params = load_preset(root, preset, overrides)
     check_tracking_store(params.mlflow, root)  # before any import or stage: fail now, not after training
@@ -287,7 +227,7 @@ def run_preset(
     name = name or f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     out_path = root / (out or f"{RESULTS_DIR}/{stem}")
     with params_restored(root) as params_file:
-        imported = import_data(params, root)
+        imported = data_import.import_data(params, root)
         merged = params.model_dump(mode="json", by_alias=True)
         atomic_files.write_text(params_file, f"# {stem}: params.yaml + {path.relative_to(root)} (restored after the run)\n" + yaml.safe_dump(merged, sort_keys=False))
         seconds = run_repro(root, name)

@@ -32,7 +32,7 @@ from pspnet.data.quarantine import effective_version, excluded_ids
 from pspnet.layout import Layout
 from pspnet.errors import DataError
 from tests.data.validation_run import run_validate
-from pspnet.evaluate.stage import split_dataset
+from pspnet.evaluate.scoring import split_dataset
 
 HEIGHT, WIDTH = 16, 24
 RAW = "data/raw/mine"
@@ -503,7 +503,8 @@ def test_quarantine_sets_bad_samples_aside_and_the_rest_is_used(tmp_path: Path) 
     assert excluded == frozenset(bad)
     val = SegmentationDataset(tmp_path / PREPARED, "val", exclude=excluded)
     assert val.ids == ["v0", "v2"] and val.excluded == 1 and all(set(val[i][1].unique().tolist()) <= {0, 1, 2, 255} for i in range(len(val)))
-    assert split_dataset(params, tmp_path, params.model).ids == ["v0", "v2"]  # what evaluate and register score
+    layout = Layout(tmp_path, params.paths)
+    assert split_dataset(params, layout.prepared, layout.quarantine, params.model).ids == ["v0", "v2"]  # what evaluate and register score
     assert excluded_ids(Layout(tmp_path, _params().paths).quarantine, _params().validate_.quarantine) == frozenset()  # quarantine off: nothing is skipped
     with pytest.raises(DataError, match=r"split 'val' has no samples \(3 quarantined sample\(s\) left out\)"):
         SegmentationDataset(tmp_path / PREPARED, "val", exclude={"v0", "v1", "v2"})

@@ -7,6 +7,7 @@ import pytest
 
 from pspnet.config import SyntheticConfig
 from pspnet.data import context_scenes as syn
+from pspnet.data import scene_drawing
 
 HEIGHT, WIDTH = 48, 64
 THINGS = (syn.CAR, syn.BOAT, syn.PERSON)
@@ -75,10 +76,10 @@ def test_scene_type_decides_cue_and_vehicle_label(seed: int) -> None:
 
 
 def test_vehicle_drawing_does_not_depend_on_its_label() -> None:
-    grid = syn._Grid.of(HEIGHT, WIDTH)
-    layout = syn._layout(np.random.default_rng(0), HEIGHT)
-    car = syn._vehicle(np.random.default_rng(1), grid, layout, syn.CAR)
-    boat = syn._vehicle(np.random.default_rng(1), grid, layout, syn.BOAT)
+    grid = scene_drawing.Grid.of(HEIGHT, WIDTH)
+    layout = scene_drawing.band_layout(np.random.default_rng(0), HEIGHT)
+    car = scene_drawing.vehicle(np.random.default_rng(1), grid, layout, syn.CAR)
+    boat = scene_drawing.vehicle(np.random.default_rng(1), grid, layout, syn.BOAT)
     np.testing.assert_array_equal(car.mask, boat.mask)
     np.testing.assert_array_equal(car.colors[car.mask], boat.colors[boat.mask])
     assert (car.label, boat.label) == (syn.CAR, syn.BOAT)

@@ -19,7 +19,9 @@ from PIL import Image
 from pspnet.config import Params, parse_params
 from pspnet.data import context_scenes as syn
 from pspnet.stages.prepare import run as prepare
-from pspnet.data.validate import dataset_checks, error_message, validate
+from pspnet.data.validation.checks import dataset_checks
+from pspnet.data.validation.report import error_message
+from pspnet.stages.validate import run as validate
 from pspnet.errors import DataError
 from tests.data.validation_run import run_validate
 

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from pspnet.config import Params
-from pspnet.data.validate import SUMMARY_FILE, VALIDATION_DIR, validate
+from pspnet.layout import Layout
+from pspnet.stages.validate import run as validate
 from pspnet.errors import DataError
 
 
@@ -17,4 +18,4 @@ def run_validate(params: Params, root: Path) -> tuple[DataError | None, dict]:
         error = None
     except DataError as err:
         error = err
-    return error, json.loads((root / params.paths.reports / VALIDATION_DIR / SUMMARY_FILE).read_text())
+    return error, json.loads(Layout(root, params.paths).validation_summary.read_text())

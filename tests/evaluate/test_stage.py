@@ -1,4 +1,4 @@
-"""End to end: evaluate() on a tiny prepared dataset, a real checkpoint and a SQLite MLflow store."""
+"""End to end: the evaluate stage on a tiny prepared dataset, a real checkpoint and a SQLite MLflow store."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pspnet.config import Params, parse_params
 from pspnet.data.classes import ClassTable
 from pspnet.data.manifest import write_manifest
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.evaluate.stage import evaluate
+from pspnet.stages.evaluate import run as evaluate
 from pspnet.tracking.runs import RunRef
 from pspnet.tracking.store import setup_mlflow
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pspnet.config import deep_merge
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Overrides that make the whole pipeline take seconds: a handful of small images, one epoch.
@@ -19,15 +21,6 @@ TINY_PARAMS: dict[str, dict] = {
     "train": {"epochs": 1, "batch_size": 4, "crop_size": [48, 64], "log_every_n_steps": 1},
     "evaluate": {"num_overlays": 2},
 }
-
-
-def deep_update(base: dict, update: dict) -> dict:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def tool_env(project: Path) -> dict[str, str]:
@@ -61,8 +54,7 @@ def make_tiny_project(dest: Path, overrides: dict | None = None) -> Path:
     shutil.copytree(REPO_ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO_ROOT / "pipelines", dest / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    deep_update(params, TINY_PARAMS)
-    deep_update(params, overrides or {})
+    params = deep_merge(deep_merge(params, TINY_PARAMS), overrides or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import training
-from pipelines.training import StageFailed
+from pspnet.ops.dvc import StageFailed
 from tests.integration.conftest import make_tiny_project, run
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_prefect_retries_only_transient_failures(
         raise StageFailed(stage, exit_code, 255, f"exited with {exit_code}")
 
     monkeypatch.setattr(training, "repro_stage", failing_repro)
-    train = training.train_stage.with_options(retry_delay_seconds=0)
+    train = training.STAGE_TASKS["train"].with_options(retry_delay_seconds=0)
 
     @flow
     def one_stage() -> dict:

@@ -13,7 +13,8 @@ import pytest
 from prefect.states import Failed
 
 from pipelines import training
-from pipelines.training import StageFailed, repro_stage, retry_unless_permanent, stage_exit_code
+from pipelines.training import retry_unless_permanent
+from pspnet.ops.dvc import StageFailed, repro_stage, stage_exit_code
 
 
 def failed_state(exc: BaseException) -> Failed:
@@ -42,7 +43,7 @@ def test_stage_exit_code_is_parsed_from_dvc_error_line() -> None:
 
 def test_stages_and_retry_policy() -> None:
     assert list(training.STAGE_TASKS) == ["prepare", "validate", "train", "evaluate", "register"]
-    assert training.validate_stage.retries == 0
+    assert training.STAGE_TASKS["validate"].retries == 0
     for name in ("train", "evaluate", "register"):
         task = training.STAGE_TASKS[name]
         assert task.retries == 2 and task.retry_condition_fn is retry_unless_permanent

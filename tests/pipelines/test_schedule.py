@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines import schedule, training
+from pipelines import schedule
 from pspnet.config import parse_params
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.layout import PIPELINE_LOCK_FILE
+from pspnet.ops import project_lock
 from tests.integration.conftest import REPO_ROOT, make_tiny_project, run, tool_env
 
 STAGES = ("prepare", "validate", "train", "evaluate", "register")
@@ -89,7 +91,7 @@ def test_a_second_run_waits_for_the_pipeline_lock_and_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     hold_seconds = 3
-    lock_file = tmp_path / training.PIPELINE_LOCK
+    lock_file = tmp_path / PIPELINE_LOCK_FILE
     lock_file.parent.mkdir(parents=True)
     holder = subprocess.Popen(  # another run, in another process, holding the lock
         [
@@ -103,10 +105,10 @@ def test_a_second_run_waits_for_the_pipeline_lock_and_says_so(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        monkeypatch.setattr(training, "LOCK_WAIT_LOG_SECONDS", 1)
+        monkeypatch.setattr(project_lock, "LOCK_WAIT_LOG_SECONDS", 1)
         logger = logging.getLogger("test-pipeline-lock")
         started = time.monotonic()
-        with caplog.at_level(logging.INFO, logger=logger.name), training.pipeline_lock(tmp_path, logger) as held:
+        with caplog.at_level(logging.INFO, logger=logger.name), project_lock.pipeline_lock(tmp_path, logger) as held:
             waited = time.monotonic() - started
             assert held == lock_file
     finally:

@@ -32,7 +32,7 @@ from pspnet.config import Params, parse_params
 from pspnet.errors import PspnetError
 from pspnet.model.pspnet import build_model
 from pspnet.registry import lock
-from pspnet.registry import register as reg
+from pspnet.stages import register as reg
 from tests.registry.test_register import head_trained, make_candidate, write_data
 from tests.train.tinydata import NAMES
 
@@ -160,7 +160,7 @@ def test_register_waits_for_the_lock_and_moves_no_alias_until_it_is_released(tmp
     root, params = new_project(tmp_path / "project")
     torch.manual_seed(0)
     make_candidate(root, params, build_model(params.model, len(NAMES)).eval(), "random")
-    assert reg.register(params, root)["champion_version"] == "1"
+    assert reg.run(params, root)["champion_version"] == "1"
     make_candidate(root, params, head_trained(params, root), "trained")
 
     held = lock.acquire(client, MODEL, timeout=5, lease_seconds=PROCESS_TIMEOUT, purpose="held by the test")

@@ -19,11 +19,11 @@ from pspnet.config import Params, parse_params
 from pspnet.data.manifest import DATASET_FILE
 from pspnet.errors import PspnetError
 from pspnet.evaluate.scores import ImageScores
-from pspnet.evaluate.stage import evaluate
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.export import SegmentationModel
 from pspnet.model.pspnet import PSPNet, build_model
-from pspnet.registry import register as reg
+from pspnet.stages import register as reg
+from pspnet.stages.evaluate import run as evaluate
 from pspnet.tracking.runs import RunRef
 from pspnet.tracking.store import setup_mlflow
 from tests.train.tinydata import COLORS, NAMES, write_prepared
@@ -109,13 +109,13 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
 
     # 1. The first version is champion (and challenger).
     make_candidate(root, params, random_model, "random")
-    first = reg.register(params, root)
+    first = reg.run(params, root)
     assert (first["version"], first["decision"], first["champion_version"]) == ("1", "promoted", "1")
     assert aliases(client) == ("1", "1")
 
     # 2. A clearly better model is promoted; the champion's scores came from its cache.
     run2 = make_candidate(root, params, trained, "trained")
-    second = reg.register(params, root)
+    second = reg.run(params, root)
     assert second["decision"] == "promoted", second["reason"]
     assert second["previous_champion_version"] == "1" and second["previous_champion_scores"] == "cached"
     assert second["gate"]["bootstrap"]["lower_bound"] > 0
@@ -124,7 +124,7 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
 
     # 3. The same weights again (a new checkpoint file, so a new version): no gain, not promoted.
     make_candidate(root, params, trained, "trained, again")
-    third = reg.register(params, root)
+    third = reg.run(params, root)
     assert third["decision"] == "rejected" and "below the margin" in third["reason"]
     assert third["gate"]["bootstrap"]["gain"] == pytest.approx(0.0, abs=1e-12)
     assert aliases(client) == ("2", "3")  # the newest version is the challenger, the champion stays
@@ -134,7 +134,7 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
     with torch.no_grad():
         broken.head[-1].bias[2] = -1e4
     make_candidate(root, params, broken, "green never predicted")
-    fourth = reg.register(params, root)
+    fourth = reg.run(params, root)
     assert fourth["decision"] == "rejected"
     assert fourth["gate"]["worst_class"] == NAMES[2] and f"class '{NAMES[2]}' loses" in fourth["reason"]
     assert aliases(client) == ("2", "4")
@@ -155,7 +155,7 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
     #    through its registered artefact, exactly as scoring its checkpoint would.
     write_data(root, params, seed=7, version="data-v2")
     evaluate(params, root)
-    fifth = reg.register(params, root)
+    fifth = reg.run(params, root)
     assert fifth["version"] == "4" and fifth["data_version"] == "data-v2"
     assert fifth["previous_champion_scores"] == "re-evaluated"
     champion_v2 = ImageScores.load(root / "metrics" / "per_image.npz")  # v4's scores, for the ids
@@ -168,7 +168,7 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
 
     # ... and the re-scored champion is cached for the next decision on the same data.
     make_candidate(root, params, broken, "green never predicted, data v2")
-    sixth = reg.register(params, root)
+    sixth = reg.run(params, root)
     assert sixth["previous_champion_scores"] == "cached" and sixth["decision"] == "rejected"
 
     # The champion serves any image size: its class map equals the checkpoint's.
@@ -188,7 +188,7 @@ def test_scores_of_stale_data_are_refused_before_anything_is_logged(project: tup
     make_candidate(root, params, build_model(params.model, len(NAMES)).eval(), "random")
     write_data(root, params, seed=3, version="data-v2")  # new data, evaluate not re-run
     with pytest.raises(PspnetError, match=r"data version 'data-v1'.*current data is 'data-v2'.*Re-run `evaluate`"):
-        reg.register(params, root)
+        reg.run(params, root)
     assert MlflowClient().search_registered_models() == []
 
 
@@ -197,8 +197,8 @@ def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tupl
     torch.manual_seed(0)
     model = build_model(params.model, len(NAMES)).eval()
     make_candidate(root, params, model, "random")
-    first = reg.register(params, root)
-    again = reg.register(params, root)
+    first = reg.run(params, root)
+    again = reg.run(params, root)
     assert again["version"] == first["version"] == "1"
     assert again["decision"] == "promoted" and "already the champion" in again["reason"]
     assert len(MlflowClient().search_model_versions("name = 'pspnet'")) == 1

@@ -94,7 +94,7 @@ def test_the_check_creates_nothing_and_a_good_store_passes(tmp_path: Path) -> No
 
 
 def test_train_stops_at_the_store_check_before_reading_any_data(closed_port: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pspnet.train.stage import train
+    from pspnet.stages.train import run as train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port}")
     with pytest.raises(PspnetError, match="is unreachable: connection refused"):  # not "no prepared data"

@@ -18,12 +18,19 @@ from pspnet.data.transforms import train_transform
 from pspnet.errors import ConfigError
 from pspnet.model.checkpoint import load_checkpoint
 from pspnet.model.pspnet import PSPNet, build_model
-from pspnet.train.accel import checkpoint_blocks, compile_model, make_scaler, micro_batches, resolve_precision
-from pspnet.train.loop import train_one_epoch
+from pspnet.stages import train as train_stage
+from pspnet.train.accel import (
+    checkpoint_blocks,
+    compile_model,
+    make_scaler,
+    micro_batches,
+    resolve_precision,
+)
+from pspnet.train.loop import EpochPlan, TrainStep, train_one_epoch
 from pspnet.train.loss import SegmentationCriterion
 from pspnet.train.optim import build_optimizer, build_scheduler
+from pspnet.train.recipe import make_train_loader
 from pspnet.train.resume import STATE_DIR, StateStore, fingerprint_fields
-from pspnet.train.stage import make_train_loader, train
 
 CPU = torch.device("cpu")
 TINY_MODEL = {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8, "ppm_channels": 8}
@@ -52,10 +59,10 @@ def _train(
     optimizer = build_optimizer(owner, TrainConfig(lr=0.01))
     scheduler = build_scheduler(optimizer, max_iter=len(batches), power=0.9)
     losses: list[float] = []
-    train_one_epoch(
-        model, batches, optimizer, scheduler, device=device, criterion=SegmentationCriterion(0.4).to(device),
-        frozen=[owner] if frozen else (), on_step=lambda _, loss: losses.append(loss), progress=False, **loop,
+    step = TrainStep(
+        model, optimizer, scheduler, SegmentationCriterion(0.4).to(device), device, frozen=[owner] if frozen else (), **loop,
     )  # fmt: skip
+    train_one_epoch(step, batches, EpochPlan(on_step=lambda _, loss: losses.append(loss), progress=False))
     return losses
 
 
@@ -230,7 +237,7 @@ def test_resume_with_accumulation_continues_bit_for_bit(project: Path, tmp_path:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StateStore, "clear", clear_but_copy)
-        reference = train(params, project)
+        reference = train_stage.run(params, project)
     assert reference["steps"] == 4 and reference["effective_batch_size"] == 4  # 8 images, 2 x 2 per step
     expected = load_checkpoint(project / "models" / "checkpoint.pt").model.state_dict()
     history = (project / "metrics" / "train_history.csv").read_text()
@@ -247,7 +254,7 @@ def test_resume_with_accumulation_continues_bit_for_bit(project: Path, tmp_path:
     else:
         assert state["scaler"] is None
 
-    resumed = train(params, project)
+    resumed = train_stage.run(params, project)
     assert resumed["resumed_from_steps"] == [1] and resumed["steps"] == 4
     actual = load_checkpoint(project / "models" / "checkpoint.pt").model.state_dict()
     for key, value in expected.items():

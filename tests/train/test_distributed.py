@@ -62,7 +62,7 @@ def test_the_train_stage_runs_distributed_end_to_end(project: Path, tmp_path: Pa
 
     from pspnet.config import parse_params
     from pspnet.model.checkpoint import load_checkpoint
-    from pspnet.train.stage import train
+    from pspnet.stages import train as train_stage
 
     raw = {
         "model": {"encoder": "resnet18", "head_channels": 32, "aux_channels": 16, "dropout": 0.0},
@@ -72,7 +72,7 @@ def test_the_train_stage_runs_distributed_end_to_end(project: Path, tmp_path: Pa
                   "log_every_n_steps": 1, "device": "cpu", "precision": "fp32", "nproc_per_node": 2},
         "mlflow": {"experiment_name": "ddp"},
     }
-    summary = train(parse_params(raw), project)
+    summary = train_stage.run(parse_params(raw), project)
 
     assert summary["processes"] == 2 and summary["effective_batch_size"] == 4
     assert summary["steps"] == 4  # 8 images / (2 processes x 2) = 2 steps x 2 epochs
@@ -86,7 +86,7 @@ def test_the_train_stage_runs_distributed_end_to_end(project: Path, tmp_path: Pa
 
     raw["train"] |= {"nproc_per_node": 1, "batch_size": 4}
     raw["mlflow"]["experiment_name"] = "single"
-    train(parse_params(raw), project)
+    train_stage.run(parse_params(raw), project)
     single = load_checkpoint(project / "models" / "checkpoint.pt").model.state_dict()
     for name, value in single.items():
         if value.is_floating_point():

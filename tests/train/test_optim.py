@@ -8,7 +8,7 @@ import torch
 
 from pspnet.config import ModelConfig, TrainConfig
 from pspnet.model.pspnet import PSPNet, build_model
-from pspnet.train.loop import train_one_epoch
+from pspnet.train.loop import EpochPlan, TrainStep, train_one_epoch
 from pspnet.train.loss import SegmentationCriterion, cross_entropy
 from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder, poly_factor, warmup_poly_factor
 
@@ -159,14 +159,9 @@ def test_train_one_epoch_steps_the_schedule_and_reports() -> None:
     sched = build_scheduler(opt, max_iter=8, power=1.0)
     seen: list[tuple[int, float, float]] = []
     stats = train_one_epoch(
-        model,
+        TrainStep(model, opt, sched, SegmentationCriterion(0.4), torch.device("cpu")),
         _loader(),
-        opt,
-        sched,
-        device=torch.device("cpu"),
-        criterion=SegmentationCriterion(0.4),
-        on_step=lambda at, loss: seen.append((at.global_step, loss, at.lr)),
-        progress=False,
+        EpochPlan(on_step=lambda at, loss: seen.append((at.global_step, loss, at.lr)), progress=False),
     )
     assert stats.steps == 4 and stats.images == 8 and stats.global_step == 4
     assert [s[0] for s in seen] == [1, 2, 3, 4]
@@ -182,4 +177,4 @@ def test_divergence_is_reported() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_scheduler(opt, max_iter=4, power=0.9)
     with pytest.raises(PspnetError, match="diverged.*step 1"):
-        train_one_epoch(model, _loader(), opt, sched, device=torch.device("cpu"), criterion=SegmentationCriterion(0.0), progress=False)
+        train_one_epoch(TrainStep(model, opt, sched, SegmentationCriterion(0.0), torch.device("cpu")), _loader(), EpochPlan(progress=False))

@@ -17,11 +17,12 @@ from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.transforms import train_transform
 from pspnet.errors import ConfigError
 from pspnet.model.pspnet import PSPNet, build_model
+from pspnet.stages import train as train_stage
 from pspnet.tracking.runs import RunRef
-from pspnet.train.loop import set_train_mode, train_one_epoch
+from pspnet.train.loop import EpochPlan, TrainStep, set_train_mode, train_one_epoch
 from pspnet.train.loss import SegmentationCriterion
 from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder
-from pspnet.train.stage import make_train_loader, seed_everything, train
+from pspnet.train.recipe import make_train_loader, seed_everything
 from tests.train.tinydata import write_prepared
 
 CPU = torch.device("cpu")
@@ -61,10 +62,9 @@ def test_a_frozen_encoder_keeps_its_weights_and_batchnorm_statistics(prepared: P
     optimizer = build_optimizer(model, params.train)
     scheduler = build_scheduler(optimizer, max_iter=4, power=0.9)
     criterion = SegmentationCriterion(aux_weight=0.4)
+    step = TrainStep(model, optimizer, scheduler, criterion, CPU, frozen=[model.encoder])
     for epoch in (1, 2):
-        train_one_epoch(
-            model, loader, optimizer, scheduler, device=CPU, criterion=criterion, frozen=[model.encoder], epoch=epoch, progress=False
-        )
+        train_one_epoch(step, loader, EpochPlan(epoch=epoch, progress=False))
 
     after = _encoder_state(model)
     assert before.keys() == after.keys() and any("running_mean" in k for k in after)
@@ -93,18 +93,9 @@ def _step_losses(prepared: Path, params: Params) -> list[float]:
     scheduler = build_scheduler(optimizer, max_iter=4, power=0.9)
     criterion = SegmentationCriterion(aux_weight=0.4)
     losses: list[float] = []
+    step = TrainStep(model, optimizer, scheduler, criterion, CPU)
     for epoch in (1, 2):
-        train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            device=CPU,
-            criterion=criterion,
-            epoch=epoch,
-            on_step=lambda _at, loss: losses.append(loss),
-            progress=False,
-        )
+        train_one_epoch(step, loader, EpochPlan(epoch=epoch, on_step=lambda _at, loss: losses.append(loss), progress=False))
     return losses
 
 
@@ -156,8 +147,8 @@ def test_stage_runs_the_full_recipe_and_logs_the_class_weights(
         rotate_p=1.0,
         blur_p=1.0,
     )
-    with caplog.at_level(logging.INFO, logger="pspnet.train.stage"):
-        summary = train(params, root)
+    with caplog.at_level(logging.INFO, logger="pspnet.train.trainer"):
+        summary = train_stage.run(params, root)
     recipe = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recipe:")]
     assert len(recipe) == 1
     line = recipe[0]
@@ -185,5 +176,5 @@ def test_stage_rejects_a_class_weight_list_of_the_wrong_length(
     (root / "data" / "prepared").symlink_to(prepared, target_is_directory=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(ConfigError, match="2 weight.*3 classes"):
-        train(_params(class_weights=[1.0, 2.0]), root)
+        train_stage.run(_params(class_weights=[1.0, 2.0]), root)
     assert not (root / "models").exists()

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from pspnet.config import parse_params
 from pspnet.errors import PspnetError
 from pspnet.model.checkpoint import load_checkpoint
+from pspnet.stages import train as train_stage
 from pspnet.train.resume import STATE_DIR, StateStore
-from pspnet.train.stage import train
 from tests.train.tinydata import write_prepared
 
 PARAMS = {
@@ -183,7 +183,7 @@ def _leave_states(root: Path, params_kwargs: dict, tmp_path: Path) -> list[Path]
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StateStore, "clear", clear_but_copy)
-        train(_params(**params_kwargs), root)
+        train_stage.run(_params(**params_kwargs), root)
     shutil.copytree(keep, root / "models" / STATE_DIR, dirs_exist_ok=True)
     return StateStore(root / "models" / STATE_DIR, 2).files()
 
@@ -191,7 +191,7 @@ def _leave_states(root: Path, params_kwargs: dict, tmp_path: Path) -> list[Path]
 def test_a_state_of_other_settings_is_not_resumed(project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     states = _leave_states(project, {"lr": 0.02}, tmp_path)
     assert states, "the run saved resume checkpoints"
-    summary = train(_params(), project)  # lr 0.01: another configuration
+    summary = train_stage.run(_params(), project)  # lr 0.01: another configuration
     assert summary["resumed_from_steps"] == []
     assert summary["steps"] == 2 * STEPS_PER_EPOCH
     assert "train.lr" in caplog.text and "starts from scratch" in caplog.text
@@ -201,14 +201,14 @@ def test_a_state_of_other_settings_is_not_resumed(project: Path, tmp_path: Path,
 def test_an_unreadable_newest_state_falls_back_to_the_one_before(project: Path, tmp_path: Path) -> None:
     newest, previous = _leave_states(project, {}, tmp_path)[:2]
     newest.write_bytes(b"not a checkpoint")
-    summary = train(_params(), project)
+    summary = train_stage.run(_params(), project)
     step = int(previous.name[5:-3])
     assert summary["resumed_from_steps"] == [step]
 
 
 def test_resume_never_starts_from_scratch(project: Path, tmp_path: Path) -> None:
     _leave_states(project, {}, tmp_path)
-    summary = train(_params(resume="never"), project)
+    summary = train_stage.run(_params(resume="never"), project)
     assert summary["resumed_from_steps"] == []
 
 
@@ -217,7 +217,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(proj
     (project / "models" / "checkpoint.pt").write_bytes(b"previous model")
     params = _params(lr=1e6, head_lr_multiplier=1e3, epochs=5, checkpoint_every_n_steps=1)
     with pytest.raises(PspnetError, match="diverged") as caught:
-        train(params, project)
+        train_stage.run(params, project)
     message = str(caught.value)
     assert "last good resume checkpoint is kept" in message
     states = StateStore(project / "models" / STATE_DIR, 2).files()

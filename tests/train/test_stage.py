@@ -12,12 +12,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pspnet.config import Params, parse_params
+from pspnet.device import resolve_device
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.model.checkpoint import load_checkpoint
+from pspnet.stages import train as train_stage
 from pspnet.tracking.runs import RunRef
-from pspnet.device import resolve_device
 from pspnet.train.accel import resolve_precision
-from pspnet.train.stage import train
 from tests.train.tinydata import NAMES, write_prepared
 
 TINY = {
@@ -43,7 +43,7 @@ def _params(**overrides: dict) -> Params:
 
 
 def test_train_writes_outputs_and_tracks_the_run(project: Path, tmp_path: Path) -> None:
-    summary = train(_params(), project)
+    summary = train_stage.run(_params(), project)
 
     # Files.
     checkpoint = project / "models" / "checkpoint.pt"
@@ -93,8 +93,8 @@ def test_train_writes_outputs_and_tracks_the_run(project: Path, tmp_path: Path) 
 
 def test_training_is_reproducible(project: Path) -> None:
     params = _params(train={"epochs": 1, "precision": "fp32"})  # also covers the float32 path
-    first = train(params, project)
-    second = train(params, project)
+    first = train_stage.run(params, project)
+    second = train_stage.run(params, project)
     assert first["final_loss"] == second["final_loss"]
     assert first["precision"] == "fp32" and first["amp"] is False
     assert first["run_id"] != second["run_id"]
@@ -105,7 +105,7 @@ def test_unusable_store_fails_before_training(project: Path, monkeypatch: pytest
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     with pytest.raises(PspnetError, match="MLflow"):
-        train(_params(), project)
+        train_stage.run(_params(), project)
     assert not (project / "models").exists()
     assert not (project / "metrics").exists()
     assert mlflow.active_run() is None
@@ -129,7 +129,7 @@ def test_too_small_train_split_is_a_data_error(tmp_path: Path, monkeypatch: pyte
     write_prepared(root / "data" / "prepared", n_train=1, n_val=1)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(DataError, match="at least 2"):
-        train(_params(), root)
+        train_stage.run(_params(), root)
     assert not (root / "models").exists()
 
 
@@ -146,7 +146,7 @@ def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
         [{"id": sid, "split": "train", "files": f"images/{sid}.png", "problems": "bad. Fix: x"} for sid in ids],
     )
 
-    summary = train(params, project)
+    summary = train_stage.run(params, project)
 
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.params["data.train_samples"] == "6"  # 8 train samples, 2 set aside
@@ -154,4 +154,4 @@ def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
     assert run.data.tags["data.version"] == "v1"
     assert run.data.tags["data.training_version"] == effective_version("v1", ids) != "v1"
     # Quarantine off: the list is ignored.
-    assert MlflowClient().get_run(train(_params(train={"epochs": 1}), project)["run_id"]).data.params["data.train_samples"] == "8"
+    assert MlflowClient().get_run(train_stage.run(_params(train={"epochs": 1}), project)["run_id"]).data.params["data.train_samples"] == "8"

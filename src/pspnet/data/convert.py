@@ -5,30 +5,12 @@ The prepared form, under ``params.paths.prepared``::
     images/<id>.png|.jpg  RGB (an RGB PNG or JPEG source file is copied byte for byte)
     masks/<id>.png        mode L, class ids, ``data.ignore_index`` (255) = ignore
     manifest.csv          id, split, image, mask (paths relative to the prepared folder)
-    rejected.csv          id, split, files, check, problem, fix: the source samples that could
-                          not be converted (always written, maybe empty)
+    rejected.csv          id, split, files, check, problem, fix: samples that could not be converted
     classes.json          class names, display colours, ignore index
-    dataset.json          the source (name, location, raw data version), what its definition
-                          promises (image sizes; checked by ``validate``), how many samples were
-                          rejected, how many images were converted to RGB (by source mode), and
-                          ``version``: a content hash of the samples' files, the manifest and
-                          the class table, logged as an MLflow run tag
+    dataset.json          source, its inputs and promises, counts, ``version`` (a content hash)
 
-A *source adapter* (:mod:`pspnet.data.sources`) knows one dataset layout: it lists the
-samples, each with a function that reads it and maps its labels to ours. The writer below
-knows nothing of any layout: ``data.num_workers`` threads read, convert, write and hash the
-samples (a bounded window of them at a time, so memory stays flat however large the dataset),
-with a progress bar.
-
-A problem of one sample does not stop the stage: the sample is left out and becomes a row of
-``rejected.csv`` naming its file, the problem and the fix, and ``validate`` fails on it (or
-quarantines it). Before anything is decoded, each source file must stay inside the dataset's
-folder (no symlink or ``..`` leading out), be non-empty, be what its suffix says and declare
-at most ``data.max_image_pixels`` pixels. Images are then decoded in full (a truncated file is
-caught here) and non-RGB ones follow ``data.non_rgb_images``. Problems of the dataset itself
-(a missing folder, a bad class file, no sample at all) still raise. The whole tree is built in
-a temp folder and swapped in at the end (:func:`pspnet.atomic_files.atomic_dir`): a failure never leaves
-a half-written dataset behind.
+``data.num_workers`` threads read, convert, write and hash the samples, a bounded window at a
+time; a problem of one sample makes it a row of ``rejected.csv`` instead of stopping the stage.
 """
 
 from __future__ import annotations

@@ -1,36 +1,10 @@
 """Albumentations pipelines for training and evaluation (the official PSPNet recipe).
 
-Train, in this order (the official code's order):
-
-1. random scale by a factor uniform in ``train.scale_range`` (image bilinear, mask nearest);
-2. random rotation by an angle uniform in +-``train.rotate_degrees`` with probability
-   ``train.rotate_p``, about the image centre, same size: image bilinear with the mean colour
-   in the uncovered corners, mask nearest with ``data.ignore_index`` there;
-3. Gaussian blur of the image only, with probability ``train.blur_p``: a
-   :data:`BLUR_KERNEL_SIZE` x :data:`BLUR_KERNEL_SIZE` kernel with the sigma OpenCV derives
-   from that size (:data:`BLUR_SIGMA`), as the official code's ``cv2.GaussianBlur(img, (5, 5), 0)``
-   (for that call OpenCV actually uses its tabulated binomial kernel ``[1 4 6 4 1] / 16``;
-   albumentations samples a true Gaussian, which differs by less than 0.01 per tap);
-4. horizontal flip with probability 0.5 (if ``train.hflip``);
-5. pad to at least ``train.crop_size``, centred (image with the mean colour, mask with
-   ``data.ignore_index``), then a random crop of ``train.crop_size``;
-6. normalise with ``model.input_mean`` / ``model.input_std`` -> tensor.
-
-Eval: normalise -> tensor, whole image. Masks are only ever resampled nearest-neighbour.
-
-The fill colour is the normalisation mean, so padded / rotated-in pixels become 0 after
-normalisation.
-
-Each transform is called as ``t(image=HxWx3 uint8, mask=HxW uint8)`` and returns a dict with
-``image`` float32 ``(3,H,W)`` and ``mask`` ``(H,W)`` tensors.
-
-Randomness: albumentations 2.x has its own generators (it ignores the global seeds).
-:func:`reseed` gives a pipeline ONE numpy and ONE Python generator shared by all its steps. (Not
-``A.Compose(seed=...)``: albumentations 2.0 then gives every step its own generator with the
-same seed, so the steps' random draws coincide: two flips with ``p=0.5`` fire together or not
-at all.) The training loop reseeds the pipeline for every sample from (seed, epoch, position)
-(:mod:`pspnet.train.sampling`), so augmentation does not depend on the number of loader
-workers and a run resumed mid-epoch repeats it exactly.
+Train: random scale, rotation (mean-colour fill, ``ignore_index`` in the mask), Gaussian blur,
+horizontal flip, centred pad + random crop to ``train.crop_size``, normalise -> tensor; eval:
+normalise -> tensor. Masks are only resampled nearest-neighbour. Called as
+``t(image=HxWx3 uint8, mask=HxW uint8)`` -> ``image`` float32 ``(3,H,W)``, ``mask`` ``(H,W)``.
+:func:`reseed` gives a pipeline one shared random stream (see :mod:`pspnet.train.sampling`).
 """
 
 from __future__ import annotations
@@ -44,6 +18,7 @@ import numpy as np
 from albumentations.pytorch import ToTensorV2
 
 from pspnet.config import Params
+from pspnet.model.normalize import PIXEL_SCALE, to_pixel_units
 
 #: Side of the square Gaussian blur kernel (the official code's ``RandomGaussianBlur(radius=5)``).
 BLUR_KERNEL_SIZE = 5
@@ -59,15 +34,17 @@ BLUR_SIGMA = opencv_gaussian_sigma(BLUR_KERNEL_SIZE)
 
 
 def _normalize(params: Params) -> A.Normalize:
-    return A.Normalize(mean=params.model.input_mean, std=params.model.input_std, max_pixel_value=255.0)
+    # albumentations' Normalize (a uint8 lookup table, (x - mean) * (1 / std): ULPs off normalize()'s
+    # division), kept so training stays bit-identical; the pixel scale is pspnet.model.normalize's.
+    return A.Normalize(mean=params.model.input_mean, std=params.model.input_std, max_pixel_value=PIXEL_SCALE)
 
 
 def train_transform(params: Params) -> A.Compose:
-    """Scale, rotate, blur, flip, pad, random crop, normalise, to tensor (see the module docstring)."""
+    """Scale, rotate, blur, flip, pad, random crop, normalise, to tensor, in the official code's order."""
     t = params.train
     crop_h, crop_w = t.crop_size
     low, high = t.scale_range
-    fill = tuple(float(m) * 255.0 for m in params.model.input_mean)
+    fill = to_pixel_units(params.model.input_mean)  # the mean colour: 0 after normalisation
     ignore = params.data.ignore_index
     steps: list[Any] = []
     if (low, high) != (1.0, 1.0):

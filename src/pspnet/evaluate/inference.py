@@ -22,7 +22,7 @@ argmax over ``C``, which is meaningful for both.
 Validation images of one dataset may differ in size, and the default collate can only stack
 equal shapes: :func:`collate_same_size` turns one loader batch into same-size sub-batches, so
 ``evaluate.batch_size`` is honoured whenever sizes match and nothing fails when they don't.
-This module does not depend on the evaluate stage, so a prediction CLI can reuse it.
+It knows nothing of files or tracking, so ``predict`` reuses it.
 """
 
 from __future__ import annotations

@@ -21,13 +21,9 @@ mIoU is reported two ways, since published numbers use both:
 ``macc`` is the mean of ``Acc_c`` over classes with ground-truth pixels (``T_c > 0``); a class
 only ever predicted, never present, has IoU 0 but no accuracy.
 
-Implementation: the matrix is built with :func:`torch.bincount` on ``target * C + pred``, not
-with torchmetrics' ``MulticlassConfusionMatrix``. bincount is one kernel on whichever device
-the predictions live (CPU or CUDA), counts in exact int64 (no float rounding on
-multi-billion-pixel datasets), and lets us check the labels ourselves with an error that
-names the offending values (a mask value that is neither a class nor the ignore index means
-bad data, e.g. CamVid's void 11 not remapped to 255). It also keeps torchmetrics free to act
-as the independent reference the tests compare against.
+The matrix is built with :func:`torch.bincount` on ``target * C + pred`` (exact int64 counts
+on the predictions' device; labels that are neither a class nor the ignore index are refused
+by value).
 """
 
 from __future__ import annotations

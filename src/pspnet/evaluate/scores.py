@@ -6,28 +6,21 @@ Summed over any multiset of images they give that subset's IoU exactly as the co
 matrix would (``IoU_c = sum I / sum U``), so resampling images needs no second pass of the
 model. The file ``metrics/per_image.npz`` (written by ``evaluate``) stores them with the data
 version and test-time protocol they were computed under, and the class names.
-
-:func:`score_dataset` is the one scoring loop: ``evaluate`` scores the challenger with it and
-the gate re-scores a champion with it, so both are measured the same way.
+:func:`pspnet.evaluate.scoring.score_split` computes them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import Dataset
 
 from pspnet import atomic_files
-from pspnet.config import EvaluateConfig
 from pspnet.errors import PspnetError
-from pspnet.evaluate.inference import make_loader, predict_loader
-from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics, iou_from_sums, mean_iou
+from pspnet.evaluate.metrics import iou_from_sums, mean_iou
 
 
 def image_counts(preds: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,46 +100,3 @@ class ImageScores:
             raise PspnetError(f"{path}: per-image scores not found. Run the `evaluate` stage first.") from None
         except (KeyError, ValueError, OSError) as err:
             raise PspnetError(f"{path}: unreadable per-image scores ({err}). Re-run `evaluate`.") from None
-
-
-@dataclass
-class Scored:
-    """What :func:`score_dataset` returns: the overall metrics, the per-image scores, and the
-    ``(mask, prediction)`` pairs kept for overlays, by dataset index."""
-
-    metrics: SegmentationMetrics
-    images: ImageScores
-    kept: dict[int, tuple[np.ndarray, np.ndarray]]
-
-
-def score_dataset(
-    model: nn.Module,
-    dataset: Dataset,
-    ids: list[str],
-    class_names: tuple[str, ...],
-    ignore_index: int,
-    cfg: EvaluateConfig,
-    device: torch.device,
-    context: dict[str, str],
-    *,
-    num_workers: int = 0,
-    keep: Callable[[int], bool] = lambda index: False,
-    desc: str = "evaluate",
-) -> Scored:
-    """Run ``model`` over ``dataset`` under ``cfg``'s protocol; accumulate the confusion matrix
-    and the per-image counts. ``context`` holds ``data_version`` and ``protocol``."""
-    num_classes = len(class_names)
-    loader = make_loader(dataset, cfg.batch_size, num_workers, pin_memory=device.type == "cuda")
-    confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
-    inter = np.zeros((len(dataset), num_classes), dtype=np.int64)  # type: ignore[arg-type]
-    union = np.zeros_like(inter)
-    kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for indices, preds, masks in predict_loader(model, loader, device, cfg, desc=desc):
-        confusion.update(preds, masks)
-        batch_inter, batch_union = image_counts(preds, masks, num_classes, ignore_index)
-        inter[indices], union[indices] = batch_inter, batch_union
-        for row, index in enumerate(indices):
-            if keep(index):
-                kept[index] = (masks[row].cpu().numpy(), preds[row].cpu().numpy())
-    images = ImageScores(tuple(ids), inter, union, tuple(class_names), context["data_version"], context["protocol"])
-    return Scored(confusion.compute(), images, kept)

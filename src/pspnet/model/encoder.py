@@ -1,27 +1,10 @@
 """Dilated ResNet encoder: segmentation_models_pytorch's ResNet with strides traded for dilation.
 
-With ``output_stride=8`` smp sets the stride of layer3 and layer4 to 1 and gives every conv
-of layer3 dilation 2 and every conv of layer4 dilation 4, first block included, which is what
-the official PSPNet code does (timm's ``tu-`` ResNets instead use dilation 1 / 2 in the first
-block of each stage). A 473x473 input gives 60x60 features; any input size works, the feature
-map is ``ceil(H / 8) x ceil(W / 8)``.
-
-Two stems are offered:
-
-- ``standard``: torchvision's single 7x7 stride-2 conv (64 channels) + BN + ReLU;
-- ``deep``: the official PSPNet code's three 3x3 convs 3->64 (stride 2), 64->64, 64->128, each
-  with BN + ReLU, so layer1 takes 128 channels. The modules keep the official ResNet's names
-  (``conv1 bn1 conv2 bn2 conv3 bn3``), so the authors' ImageNet ResNet state dicts load as is.
-  A deep-stem ResNet-50 has 23,631,808 parameters, exactly the official backbone.
-
-Both are followed by the 3x3 stride-2 max-pool.
-
-Where a downsampling bottleneck block strides is ``block_stride``: on its 3x3 conv (torchvision,
-the official PyTorch code and the Caffe PSPNet101) or on its first 1x1 conv (the Caffe PSPNet50
-released for ADE20K, whose weights need it). The weights have the same shapes either way.
-
-The encoder returns the two feature maps PSPNet uses: layer3 (input of the auxiliary head) and
-layer4 (input of the pyramid pooling module).
+At ``output_stride=8`` layer3 / layer4 are dilated 2 / 4, first block included, as in the
+official PSPNet code; the feature map is ``ceil(H / 8) x ceil(W / 8)``. Stems: ``standard``
+(torchvision's 7x7 conv) or ``deep`` (the official three 3x3 convs, official module names).
+``block_stride`` puts a downsampling block's stride on its 3x3 or its first 1x1 conv. Returns
+the layer3 (aux head input) and layer4 (PPM input) feature maps.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The registered artefact: a trained PSPNet wrapped to take raw RGB pixels.
 
-What a consumer of the model registry gets is :class:`SegmentationModel`: it owns the input
-normalisation (so callers never need to know the training statistics) and only the parts of
-the network used at inference: the auxiliary head, a training-time device, is dropped so
-its weights are not shipped.
+:class:`SegmentationModel` owns the input normalisation (callers never need the training
+statistics) and only the inference parts of the network: the auxiliary head is dropped.
 """
 
 from __future__ import annotations
@@ -14,18 +12,20 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pspnet.model.normalize import normalize, pixel_stats
+
+#: Names of the normalisation buffers (RGB statistics in 0..255 units); ``torch.export`` keeps
+#: them, and :mod:`pspnet.registry.segmenter` reads them back from a registered program.
+MEAN_BUFFER = "mean"
+STD_BUFFER = "std"
+
 
 class SegmentationModel(nn.Module):
-    """PSPNet for inference on raw images.
+    """PSPNet for inference on raw images: float32 RGB ``(N, 3, H, W)`` in 0..255 -> logits
+    ``(N, C, H, W)`` of the same H and W (any N, H, W); the class map is ``logits.argmax(1)``.
 
-    Input: ``x`` float32 of shape ``(N, 3, H, W)``, RGB, values in ``0..255`` (any N, H, W).
-    Output: logits float32 of shape ``(N, C, H, W)``, the same H and W as the input; the
-    predicted class map is ``logits.argmax(1)``.
-
-    ``mean`` and ``std`` are per-channel RGB statistics as fractions of 255 (as in
-    :class:`pspnet.config.ModelConfig`); they are stored as buffers, so they travel with the
-    weights. The wrapped network is deep-copied, put in eval mode and stripped of its
-    auxiliary head (``aux_head = None``); the caller's model is left untouched.
+    ``mean`` / ``std``: RGB statistics as fractions of 255, stored as buffers so they travel
+    with the weights. The network is deep-copied, put in eval mode and stripped of its aux head.
     """
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -39,9 +39,9 @@ class SegmentationModel(nn.Module):
             net.aux_head = None
         net.eval()
         self.net = net
-        scale = 255.0
-        self.register_buffer("mean", torch.tensor([m * scale for m in mean], dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([s * scale for s in std], dtype=torch.float32).view(1, 3, 1, 1))
+        mean_t, std_t = pixel_stats(mean, std)
+        self.register_buffer(MEAN_BUFFER, mean_t)
+        self.register_buffer(STD_BUFFER, std_t)
         self.eval()
 
     def train(self, mode: bool = True) -> SegmentationModel:
@@ -52,5 +52,4 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` RGB in 0..255 -> logits ``(N, C, H, W)``."""
-        x = (x - self.mean) / self.std
-        return self.net(x)
+        return self.net(normalize(x, self.mean, self.std))

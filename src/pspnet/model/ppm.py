@@ -1,12 +1,8 @@
 """The pyramid pooling module (PPM), section 3.3 of the paper.
 
-For every bin size ``b`` the feature map is average-pooled to ``b x b``, reduced by a bias-free
-1x1 conv + BN + ReLU to ``in_channels / len(bins)`` channels and upsampled bilinearly back to
-the feature size; the branches are concatenated with the input, so with the default four bins
-the output has ``2 * in_channels`` channels (2048 -> 4096 for ResNet-50).
-
-Adaptive pooling is used as in the official PyTorch code (the Caffe release's fixed kernels
-equal it only at its training sizes); upsampling uses ``align_corners=True`` like that code.
+Each bin size ``b``: adaptive average pool to ``b x b``, bias-free 1x1 conv + BN + ReLU to
+``in_channels / len(bins)`` channels, bilinear upsampling (``align_corners=True``, as the
+official code) back; the branches are concatenated with the input (2048 -> 4096 channels).
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
 """PSPNet (Zhao et al., CVPR 2017): dilated ResNet + pyramid pooling module + head (+ aux head).
 
-Layout (ResNet-50, output stride 8, input ``(N,3,H,W)``, ``h, w = ceil(H/8), ceil(W/8)``)::
-
-    encoder.layer3 (N,1024,h,w) ----------------------------> aux head -> (N,K,h,w) -> up -> (N,K,H,W)
-    encoder.layer4 (N,2048,h,w) -> PPM (N,4096,h,w) -> head -> (N,K,h,w) -> up -> (N,K,H,W)
-
-Head: 3x3 conv (no bias) -> ``head_channels`` + BN + ReLU + Dropout2d + 1x1 conv to K classes.
-Aux head: the same on layer3 with ``aux_channels``. Widths default to the paper's proportions
-so ResNet-50+ reproduces it exactly (512 = layer4 / 4; 256 = layer3 / 4) and ResNet-18/34
-keep those proportions (128 and 64). Parameter counts equal the official code's: with the deep
-stem and 150 classes PSPNet50 has 49,180,908 (46,782,550 without the aux head), PSPNet101 with
-21 classes 68,073,706; with a torchvision-stem ResNet-50, 49,057,132.
-
-Ablation switches (paper Table 1 / 2): ``ppm=False`` puts the head directly on layer4 (the
-dilated-FCN baseline), ``ppm_pooling="max"``, ``aux_weight=0`` drops the auxiliary head.
-
-The auxiliary head exists for deep supervision only: it runs in training mode, never in eval.
+``encoder.layer4 -> PPM -> head`` gives the logits, ``encoder.layer3 -> aux head`` the deep
+supervision (training mode only); both are upsampled to the input size. Head widths default
+to the paper's proportions (layer4 / 4, layer3 / 4). Ablations: ``ppm=False`` (dilated-FCN
+baseline), ``ppm_pooling="max"``, ``aux_weight=0`` (no aux head).
 """
 
 from __future__ import annotations

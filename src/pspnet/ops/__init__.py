@@ -1,1 +1,1 @@
-"""Operations around the domain code: DVC commands, data imports, the tools' environment."""
+"""Operations around the domain code: DVC commands, data imports and changes, the project lock, the tools' environment."""

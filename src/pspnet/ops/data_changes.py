@@ -14,13 +14,8 @@ records, or that ``dvc update`` would bring a new version of an imported source:
   ``dvc.lock`` recorded.
 
 Code changes are NOT data changes: ``dvc repro`` reruns a stage whose code changed, but no
-new data arrived.
-
-Everything is hashed by DVC itself (its Python API, with its hash cache), never by hand. The
-API is needed for the imports: ``dvc status`` never looks at the source of an ``import-url``
-(its ``.dvc`` file is frozen); it prints ``{}`` and the warning "... is frozen. Its
-dependencies are not going to be shown in the status output." even after files were added to
-the source.
+new data arrived. Everything is hashed by DVC's Python API (``dvc status`` never looks at an
+``import-url`` source: its ``.dvc`` file is frozen).
 """
 
 from __future__ import annotations
@@ -33,15 +28,15 @@ from typing import Any
 import yaml
 
 from pspnet.config import Params, flatten
-from pspnet.ops.import_data import RawInput, dvc_file_source, raw_inputs, same_location
 from pspnet.errors import ConfigError, DataError, PspnetError
+from pspnet.layout import DVC_LOCK_FILE
+from pspnet.ops.import_data import RawInput, dvc_file_source, raw_inputs, same_location
 
 #: The stage that reads the raw data and the ``data`` parameters.
 PREPARE_STAGE = "prepare"
 #: The parameter section that defines the data (``params:`` of the prepare stage).
 DATA_PARAMS = "data"
 PIPELINE_FILE = "dvc.yaml"
-LOCK_FILE = "dvc.lock"
 #: Hash digits shown in messages (DVC's md5s are 32 hex digits plus ``.dir`` for folders).
 _SHORT_HASH = 12
 #: Parameter values longer than this are shortened in messages.
@@ -96,7 +91,7 @@ class DataChange:
         """One line: the reasons when changed, else what was found unchanged."""
         if self.changed:
             return "; ".join(self.reasons)
-        return ", ".join([h.describe() for h in self.hashes] + [f"{DATA_PARAMS} params as in {LOCK_FILE}"])
+        return ", ".join([h.describe() for h in self.hashes] + [f"{DATA_PARAMS} params as in {DVC_LOCK_FILE}"])
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (for flow results and logs)."""
@@ -122,14 +117,14 @@ def _shown(value: Any) -> str:
 
 def _read_lock(root: Path) -> dict[str, Any] | None:
     """``dvc.lock``'s stages, ``None`` when there is no lock file; a malformed one is named."""
-    path = root / LOCK_FILE
+    path = root / DVC_LOCK_FILE
     if not path.is_file():
         return None
     try:
         record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(
-            f"{path}: cannot be read ({err}). Fix: restore it with `git checkout -- {LOCK_FILE}`, or delete it "
+            f"{path}: cannot be read ({err}). Fix: restore it with `git checkout -- {DVC_LOCK_FILE}`, or delete it "
             "and run `dvc repro` to rebuild it."
         ) from None
     stages = record.get("stages") if isinstance(record, dict) else None
@@ -209,13 +204,13 @@ def _compare(repo: Any, params: Params, root: Path) -> DataChange:
             reasons += [reason] if reason else []
     stage = repo.stage.load_one(path=str(root / PIPELINE_FILE), name=PREPARE_STAGE)
     raw = _raw_dependency(stage, root / params.paths.raw)
-    raw_check = HashCheck(params.paths.raw, LOCK_FILE, _hash_value(raw.hash_info), _current_hash(raw))
+    raw_check = HashCheck(params.paths.raw, DVC_LOCK_FILE, _hash_value(raw.hash_info), _current_hash(raw))
     hashes.append(raw_check)
     if raw_check.changed:
         reasons.append(f"raw data changed: {raw_check.describe()}")
     params_changed = _changed_data_params(_params_dependency(stage))
     if params_changed:
-        reasons.append(f"{DATA_PARAMS} params differ from {LOCK_FILE}: " + ", ".join(params_changed))
+        reasons.append(f"{DATA_PARAMS} params differ from {DVC_LOCK_FILE}: " + ", ".join(params_changed))
     return DataChange(bool(reasons), reasons, hashes, params_changed)
 
 
@@ -241,7 +236,7 @@ def data_changes(params: Params, root: str | Path) -> DataChange:
         raise ConfigError(f"{root}: no {PIPELINE_FILE} here. Fix: pass the project root (the folder holding {PIPELINE_FILE}).")
     stages = _read_lock(root)
     if stages is None or PREPARE_STAGE not in stages:
-        missing = f"no {LOCK_FILE}" if stages is None else f"{LOCK_FILE} has no {PREPARE_STAGE!r} entry"
+        missing = f"no {DVC_LOCK_FILE}" if stages is None else f"{DVC_LOCK_FILE} has no {PREPARE_STAGE!r} entry"
         return DataChange(True, [f"never run: {missing}"])
     try:
         with Repo(str(root)) as repo, repo.lock:
@@ -255,7 +250,7 @@ def data_changes(params: Params, root: str | Path) -> DataChange:
         ) from None
     except (DvcException, OSError) as err:
         raise PspnetError(
-            f"{root}: DVC could not compare the data with {LOCK_FILE} and the .dvc files: {err}. "
+            f"{root}: DVC could not compare the data with {DVC_LOCK_FILE} and the .dvc files: {err}. "
             f"Fix: run `dvc status {PREPARE_STAGE}` there to see the problem."
         ) from err
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import yaml
 
 from pspnet.config import Params
 from pspnet.errors import DataError, PspnetError
-from pspnet.ops.environment import tool_env
+from pspnet.ops import dvc
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +139,6 @@ def resolve_input(item: RawInput, root: Path) -> Path:
     return item.path
 
 
-def run_dvc(root: Path, *args: str) -> str:
-    """Run ``dvc <args>`` in ``root``; its output, or a :class:`PspnetError` with its message."""
-    cmd = [sys.executable, "-m", "dvc", *args]
-    log.info("running: dvc %s", " ".join(args))
-    done = subprocess.run(cmd, cwd=root, env=tool_env(), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        raise PspnetError(f"`dvc {' '.join(args)}` failed (exit {done.returncode}): " + " / ".join(detail[-5:]))
-    return done.stdout
-
-
 def stage_in_git(root: Path, paths: list[Path]) -> None:
     """``git add`` the DVC metafiles an import wrote (what ``core.autostage`` would do), so that
     ``dvc exp run`` and the next commit carry them; a no-op outside a git repository."""
@@ -168,12 +156,12 @@ def restore_tracked(root: Path, dvc_file: Path) -> str:
     schedule runs on has an empty cache). Returns the command that did it."""
     rel = str(dvc_file.relative_to(root))
     try:
-        run_dvc(root, "checkout", rel)
+        dvc.checkout(root, rel)
         return "dvc checkout"
     except PspnetError as err:
         log.info("%s is not in the local DVC cache (%s); pulling it from the DVC remote", rel, err)
     try:
-        run_dvc(root, "pull", rel)
+        dvc.pull(root, rel)
     except PspnetError as err:
         raise DataError(
             f"{rel}: its data is neither in the local DVC cache nor on a DVC remote ({err}). Fix: add the remote "
@@ -200,10 +188,10 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
                 action = restore_tracked(root, item.dvc_file)
             if not item.path.is_dir():
                 raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
-            run_dvc(root, "add", rel)
+            dvc.add(root, rel)
         elif item.dvc_file.is_file() and same_location(dvc_file_source(item.dvc_file), item.location, root):
             action = "dvc update"
-            run_dvc(root, "update", str(item.dvc_file.relative_to(root)))
+            dvc.update(root, str(item.dvc_file.relative_to(root)))
             if not item.path.exists():  # `dvc update` of an unchanged source does not restore a deleted copy
                 restore_tracked(root, item.dvc_file)
         else:
@@ -216,13 +204,13 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
                     "preset, or `--set`) to the dataset's folder or URL."
                 )
             if item.dvc_file.exists():  # imported from elsewhere before: drop that import (it stays in the cache)
-                run_dvc(root, "remove", "--outs", str(item.dvc_file.relative_to(root)))
+                dvc.remove_outs(root, str(item.dvc_file.relative_to(root)))
             elif item.path.exists():
                 raise DataError(
                     f"{item.path}: already exists and is not a DVC import; import-data will not overwrite it. "
                     f"Fix: move it away, or set {item.field} to it (data inside {params.paths.raw}/ is read in place)."
                 )
-            run_dvc(root, "import-url", location, rel)
+            dvc.import_url(root, location, rel)
         stage_in_git(root, [item.dvc_file, item.path.parent / ".gitignore"])
         after = raw_version(item)
         results.append(

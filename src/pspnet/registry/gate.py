@@ -15,7 +15,7 @@ challenger is promoted only if all of these hold:
     that one model never predicts and the data never shows, IoU undefined, are skipped).
 
 The first version (no champion) is promoted. Everything here is pure numpy on the counts;
-:mod:`pspnet.registry.register` fetches the scores and acts on the decision.
+:mod:`pspnet.registry.promotion` fetches the scores and acts on the decision.
 """
 
 from __future__ import annotations

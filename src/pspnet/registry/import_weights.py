@@ -33,8 +33,6 @@ DATASETS = {
     "voc": "pspnet.data.sources.voc",
     "cityscapes": "pspnet.data.sources.cityscapes",
 }
-#: Folder (under ``paths.models``) of the converted checkpoints.
-IMPORTED_DIR = "imported"
 #: Default alias of an imported model: ``official-<dataset>``.
 ALIAS_PREFIX = "official-"
 #: Model-version tags of an imported model.
@@ -66,6 +64,26 @@ def _find_imported(client: Any, model_name: str, identity: str) -> Any | None:
     return None
 
 
+def _log_import_run(params: Params, root: Path, source: Path, fmt: str, dataset: str, source_sha: str, conversion: Any) -> str:
+    """Open the import's MLflow run (source file, its SHA-256, the converted architecture); its id."""
+    import mlflow
+
+    from pspnet.tracking.runs import run_tags
+
+    cfg = conversion.model_cfg
+    mlflow.set_experiment(params.mlflow.experiment_name)
+    with mlflow.start_run(run_name=f"import {dataset} {cfg.encoder}", tags=run_tags(root)) as run:
+        mlflow.set_tags({"pspnet.imported": fmt, TAG_SOURCE_SHA: source_sha})
+        mlflow.log_params({
+            "import.source": source.name, "import.format": fmt, "import.dataset": dataset,
+            "model.encoder": cfg.encoder, "model.stem": cfg.resolved_stem,
+            "model.block_stride": cfg.block_stride, "model.aux_head": conversion.model.aux_head is not None,
+            "num_classes": conversion.num_classes, "model.input_mean": list(cfg.input_mean),
+            "model.input_std": list(cfg.input_std),
+        })
+    return run.info.run_id
+
+
 def import_weights(
     params: Params,
     root: Path,
@@ -83,15 +101,13 @@ def import_weights(
     Returns a summary: the checkpoint path, model name / version / alias and URIs, the run id,
     the architecture found and what did not map (empty unless ``allow_partial``).
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
+    from pspnet.layout import Layout
     from pspnet.model.checkpoint import LoadedCheckpoint, save_checkpoint
     from pspnet.model.official import convert
     from pspnet.model.pspnet import count_parameters
-    from pspnet.registry.packaging import log_segmentation_model
-    from pspnet.registry.register import TAG_CHECKPOINT_SHA, class_tags, probe_logged_model, sha256_file
-    from pspnet.tracking.runs import run_tags
+    from pspnet.registry.logged_model import register_checkpoint, sha256_file
     from pspnet.tracking.store import setup_mlflow
 
     root = Path(root)
@@ -110,7 +126,7 @@ def import_weights(
         "unmapped_keys": conversion.unmapped,
         "missing_keys": conversion.missing,
     }
-    out = Path(out) if out is not None else root / params.paths.models / IMPORTED_DIR / f"{dataset}-{cfg.encoder}.pt"
+    out = Path(out) if out is not None else Layout(root, params.paths).imported / f"{dataset}-{cfg.encoder}.pt"
     save_checkpoint(out, conversion.model, cfg, conversion.num_classes, meta)
     checkpoint_sha = sha256_file(out)
     ckpt = LoadedCheckpoint(conversion.model, cfg, conversion.num_classes, meta)
@@ -123,22 +139,10 @@ def import_weights(
         log.info("reusing version %s of %s (the same file, imported with the same options)", mv.version, model_name)
         run_id = mv.run_id
     else:
-        mlflow.set_experiment(params.mlflow.experiment_name)
-        with mlflow.start_run(run_name=f"import {dataset} {cfg.encoder}", tags=run_tags(root)) as run:
-            run_id = run.info.run_id
-            mlflow.set_tags({"pspnet.imported": fmt, TAG_SOURCE_SHA: source_sha})
-            mlflow.log_params({
-                "import.source": source.name, "import.format": fmt, "import.dataset": dataset,
-                "model.encoder": cfg.encoder, "model.stem": cfg.resolved_stem,
-                "model.block_stride": cfg.block_stride, "model.aux_head": conversion.model.aux_head is not None,
-                "num_classes": conversion.num_classes, "model.input_mean": list(cfg.input_mean),
-                "model.input_std": list(cfg.input_std),
-            })
+        run_id = _log_import_run(params, root, source, fmt, dataset, source_sha, conversion)
         log.info("exporting the converted %s for MLflow (torch.export)", cfg.encoder)
-        info = log_segmentation_model(ckpt, run_id, checkpoint_sha, params.register_.export_example_size)
-        probe_logged_model(info.model_uri, ckpt, params.register_.probe_size)
-        tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, TAG_SOURCE_SHA: source_sha, TAG_IMPORT: identity, **class_tags(ckpt)}
-        mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
+        mv, _ = register_checkpoint(ckpt, run_id, checkpoint_sha, model_name, params.register_,
+                                    {TAG_SOURCE_SHA: source_sha, TAG_IMPORT: identity})
     version = str(mv.version)
     client.set_registered_model_alias(model_name, alias, version)
     log.info("imported %s as %s version %s (alias %r)", source, model_name, version, alias)

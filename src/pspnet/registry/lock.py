@@ -1,25 +1,12 @@
 """The promotion lock: one registration at a time reads the champion, gates and moves the alias.
 
-MLflow has no compare-and-set on aliases, so two registrations against one store could both
-judge against the same old champion and the worse one could end as champion. The lock is a
-lease built on the one atomic primitive every MLflow registry has, on SQLite and behind a
-tracking server alike: creating a registered model whose name is taken fails with
-``RESOURCE_ALREADY_EXISTS`` (a unique key in the store's database).
-
-- **acquire**: create the registered model ``<model_name>.promotion-lock`` with tags naming the
-  holder (host, pid, what it is doing), a random token, when it was taken and when the lease
-  expires (all in one request / transaction). Taken: wait with backoff, saying who holds it,
-  until ``register.lock_timeout`` seconds, then fail naming the holder and the fix.
-- **release**: delete it, if it still carries our token.
-- **a crashed holder**: its lease expires after ``register.lock_lease`` seconds; the next
-  registration re-reads the lock, checks it is still that same expired lease (same token) and
-  deletes it. MLflow has no conditional delete, so two waiters breaking the same expired
-  lease at the same instant could, in a window of two API calls, remove a fresh lease; the
-  holder checks it still holds the lease (:func:`ensure_held`) right before moving the alias,
-  which narrows this further. It only arises after a holder died.
-
-Expiry times are the holder's wall clock (UTC); hosts sharing a store are assumed to agree to
-well within the lease (minutes).
+MLflow has no compare-and-set on aliases; the lock is a lease on the one atomic primitive
+every MLflow registry has: creating a registered model whose name is taken fails. **acquire**
+creates ``<model_name>.promotion-lock`` tagged with the holder, a random token and the expiry
+(waiting with backoff up to ``register.lock_timeout``); **release** deletes it if it still
+carries our token; an expired lease (a crashed holder, ``register.lock_lease``) is broken by
+the next registration, and a holder re-checks its lease (:func:`ensure_held`) right before
+moving the alias. Expiry times are the holder's wall clock (UTC).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Package a trained checkpoint as the registered MLflow model (the writer side).
 
-What gets logged (``mlflow.pyfunc.log_model``, "models from code"):
-
-- the code: :mod:`pspnet.registry.serving_model` (a pyfunc that maps RGB images to class
-  maps; it imports only numpy, torch and mlflow);
-- ``network``: :class:`~pspnet.model.export.SegmentationModel` (raw RGB in, logits out, no aux
-  head) exported with ``torch.export`` with dynamic batch, height and width, so one artefact
-  takes any image size;
-- ``classes``: the class names and colours;
-- a signature (uint8 ``(-1, -1, -1, 3)`` in, int32 ``(-1, -1, -1)`` out), pinned requirements
-  (torch; MLflow adds its own), and metadata (classes, normalisation, encoder, checkpoint hash)
-  that :mod:`pspnet.registry.segmenter` reads back.
+Logged with ``mlflow.pyfunc.log_model`` ("models from code"): the code
+:mod:`pspnet.registry.serving_model`; ``network``, the raw-RGB
+:class:`~pspnet.model.export.SegmentationModel` as a ``torch.export`` program with dynamic
+batch / height / width; ``classes``; a signature, pinned requirements and the metadata that
+:mod:`pspnet.registry.segmenter` reads back.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """Load a model for inference from a checkpoint file or any MLflow model URI (the reader side).
 
-:func:`load_segmenter` accepts
-
-- a checkpoint path (``models/checkpoint.pt``, written by ``train``);
-- an MLflow model URI: ``models:/pspnet@champion``, ``models:/pspnet/3``,
-  ``runs:/<run id>/model``, ``models:/m-<id>`` or a local model folder. Versions logged by
-  :mod:`pspnet.registry.packaging` (a pyfunc around a ``torch.export`` program) and the earlier
-  layout (MLflow's pytorch flavour holding the same program) both load.
-
-Untrusted files: nothing here runs code that came with a model. Checkpoints load with
-``weights_only=True``; for an MLflow model the logged pyfunc code is never imported (its
-``network`` and ``classes`` files are read directly), and a ``torch.export`` program is loaded
-only after MLflow's check that no record in it would be unpickled. A version whose network is
-a Python pickle (the pytorch flavour's ``pickle`` format) is refused, unless the user sets
-:data:`ALLOW_PICKLE_ENV` (``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true``, MLflow's own switch)
-for a store they trust.
-
-Either way the result is a :class:`Segmenter` whose ``model`` takes NORMALISED images
-``(N, 3, H, W)`` of any size (as the evaluation's data pipeline produces them; passes under
-:data:`MIN_SIDE` are padded, see :class:`MinSideInput`) and returns logits ``(N, C, H, W)``, so :func:`pspnet.evaluate.inference.predict_logits` runs every test-time
-mode on it. A registered program takes raw RGB and normalises inside; :class:`FromNormalized`
-undoes the normalisation in front of it (exact up to float rounding).
+Sources: a checkpoint path (``models/checkpoint.pt``) or an MLflow model URI
+(``models:/pspnet@champion``, ``models:/pspnet/3``, ``runs:/<run id>/model``, ``models:/m-<id>``,
+a local model folder), in either registered layout. Nothing here runs code that came with a
+model (see :func:`load_program`). The result, a :class:`Segmenter`, takes NORMALISED images of
+any size and returns logits, so :func:`pspnet.evaluate.inference.predict_logits` runs every
+test-time mode on it.
 """
 
 from __future__ import annotations
@@ -39,16 +24,12 @@ from torch import nn
 
 from pspnet.config import Params
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.model.export import MEAN_BUFFER, STD_BUFFER
+from pspnet.model.normalize import STATS_SHAPE, denormalize, to_fractions
 from pspnet.registry import serving_model
 
 log = logging.getLogger(__name__)
 
-#: Names of the normalisation buffers of :class:`pspnet.model.export.SegmentationModel`
-#: (RGB statistics in 0..255 units), kept by ``torch.export``.
-MEAN_BUFFER = "mean"
-STD_BUFFER = "std"
-#: Values in the packaged metadata are fractions of this.
-PIXEL_SCALE = 255.0
 #: Smallest side a forward pass gets: exported networks reject smaller inputs (their shape
 #: guards need 9+ pixels at output stride 8), so smaller passes (images, slide windows, test
 #: scales) are edge-padded to this and the logits cropped back, as the served model does.
@@ -95,8 +76,8 @@ class FromNormalized(nn.Module):
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", mean.detach().float().reshape(1, 3, 1, 1).clone())
-        self.register_buffer("std", std.detach().float().reshape(1, 3, 1, 1).clone())
+        self.register_buffer("mean", mean.detach().float().reshape(STATS_SHAPE).clone())
+        self.register_buffer("std", std.detach().float().reshape(STATS_SHAPE).clone())
         self.training = False
 
     def train(self, mode: bool = True) -> FromNormalized:
@@ -105,7 +86,7 @@ class FromNormalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(N, 3, H, W)`` -> logits ``(N, C, H, W)``."""
-        return self.net(x * self.std + self.mean)
+        return self.net(denormalize(x, self.mean, self.std))
 
 
 class MinSideInput(nn.Module):
@@ -262,8 +243,8 @@ def _from_mlflow(uri: str) -> Segmenter:
         model=MinSideInput(FromNormalized(program, mean, std)),
         class_names=tuple(names),
         class_colors=tuple(tuple(int(v) for v in c) for c in colors),
-        input_mean=tuple(float(v) / PIXEL_SCALE for v in mean.tolist()),
-        input_std=tuple(float(v) / PIXEL_SCALE for v in std.tolist()),
+        input_mean=to_fractions(mean.tolist()),
+        input_std=to_fractions(std.tolist()),
         source=uri,
     )
 

@@ -1,25 +1,17 @@
 """The registered model's code: an MLflow pyfunc that turns RGB images into class maps.
 
-This file is logged as MLflow "models from code": MLflow copies it into every registered
-version and runs it when the model is loaded (``mlflow.pyfunc.load_model``, ``mlflow models
-serve``). It therefore imports only numpy, torch and mlflow, never ``pspnet``: a serving
-machine needs no copy of this project.
+Logged as MLflow "models from code" (copied into every version, run on load / serve), so it
+imports only numpy, torch and mlflow, never ``pspnet``. Artifacts: ``network`` (a
+``torch.export`` program, float32 RGB ``(N, 3, H, W)`` in 0..255 -> logits, dynamic N / H / W)
+and ``classes`` (JSON ``{"names": [...], "colors": [[r, g, b], ...]}``).
 
-The model's artifacts:
-
-- ``network``: the network as a ``torch.export`` program (``.pt2``; no pickle of our
-  classes) taking float32 RGB ``(N, 3, H, W)`` in ``0..255`` and returning logits
-  ``(N, C, H, W)``; batch, height and width are dynamic, so any image size works;
-- ``classes``: JSON ``{"names": [...], "colors": [[r, g, b], ...]}``.
-
-Request and response (``POST /invocations`` of ``mlflow models serve``)::
+Request / response (``POST /invocations``)::
 
     {"inputs": [[[[r, g, b], ...], ...]]}      # uint8 RGB, (N, H, W, 3); one image: N = 1
     -> {"predictions": [[[c, ...], ...]]}      # int32 class ids, (N, H, W)
 
-Images of one request share a size (a tensor); send differently sized images as separate
-requests. Images smaller than :data:`MIN_SIDE` are edge-padded for the pass and cropped back. The pass is the plain single-scale forward (the evaluation's ``whole`` mode); use
-``pspnet predict`` for sliding-window, flip and multi-scale inference.
+One request's images share a size. Images under :data:`MIN_SIDE` are edge-padded and cropped
+back. The pass is the single-scale forward; ``pspnet predict`` adds slide / flip / multi-scale.
 """
 
 import json

@@ -1,5 +1,200 @@
-"""Stage ``evaluate`` (being moved here from :mod:`pspnet.evaluate.stage`)."""
+"""Stage ``evaluate``: score the trained checkpoint on the val split, write metrics and plots,
+log them into the MLflow run that ``train`` opened (one run holds a model's parameters,
+training curve and validation scores).
 
-from pspnet.evaluate.stage import evaluate as run
+:func:`evaluate_model` (``pspnet evaluate --model``) scores any other model the same way, into
+a report folder and a run of its own, without touching the pipeline's outputs.
+"""
 
-__all__ = ["run"]
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pspnet.config import Params
+from pspnet.data.classes import CLASSES_FILE, ClassTable, load_classes
+from pspnet.device import resolve_device
+from pspnet.errors import PspnetError
+from pspnet.evaluate.plots import plot_training_curve
+from pspnet.evaluate.reports import ReportPaths, safe_name, val_metrics, write_reports
+from pspnet.evaluate.scoring import SPLIT, data_version, inference_tag, score_split, split_dataset
+from pspnet.layout import CONFUSION_MATRIX_FILE, EVAL_METRICS_FILE, OVERLAYS_DIR, PER_CLASS_IOU_FILE, Layout
+from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
+from pspnet.tracking.store import setup_mlflow
+
+log = logging.getLogger(__name__)
+
+#: MLflow tag naming the test-time settings of the run's (latest) validation scores.
+INFERENCE_TAG = "evaluate.inference"
+#: Tag of an ``evaluate --model`` run naming the model it scored.
+MODEL_TAG = "evaluate.model"
+#: Folder of the MLflow run's artifacts that receives this stage's files.
+ARTIFACT_DIR = "evaluation"
+#: How many class names a class-list mismatch message shows.
+NAMES_PREVIEWED = 5
+#: Summary entries returned by both entry points.
+RETURNED_METRICS = ("miou", "miou_absent_as_zero", "macc", "allacc")
+
+#: ``(model, params, root) -> Segmenter`` (:func:`pspnet.registry.segmenter.load_model`).
+ModelLoader = Callable[[str, Params, Path], Any]
+
+
+def _check_run(ref: RunRef, layout: Layout) -> None:
+    """Fail unless the run ``train`` recorded is in the current tracking store."""
+    import mlflow
+
+    try:
+        mlflow.get_run(ref.run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(
+            f"{layout.run_ref}: MLflow run {ref.run_id} is not in the tracking store "
+            f"{mlflow.get_tracking_uri()!r} (train logged to {ref.tracking_uri!r}): {err}. Re-run `train`."
+        ) from None
+
+
+def _load_trained(layout: Layout, classes: ClassTable) -> Any:
+    """The trained checkpoint, checked to predict the prepared data's classes."""
+    from pspnet.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(layout.checkpoint, map_location="cpu")
+    if ckpt.num_classes != classes.num_classes:
+        raise PspnetError(
+            f"{layout.checkpoint} predicts {ckpt.num_classes} classes but {layout.prepared / CLASSES_FILE} "
+            f"lists {classes.num_classes}. Re-run `train` on the current dataset."
+        )
+    trained_names = ckpt.meta.get("class_names")
+    if trained_names is not None and list(trained_names) != list(classes.names):
+        raise PspnetError(
+            f"{layout.checkpoint} was trained on classes {list(trained_names)} but "
+            f"{layout.prepared / CLASSES_FILE} lists {list(classes.names)}. Re-run `train` on the current dataset."
+        )
+    return ckpt
+
+
+def _log_to_run(ref: RunRef, layout: Layout, metrics: dict[str, float], tags: dict[str, str]) -> None:
+    """Log the scores and this stage's files into the train stage's run."""
+    import mlflow
+
+    files = [
+        (layout.eval_metrics, ARTIFACT_DIR),
+        (layout.per_class_iou, ARTIFACT_DIR),
+        (layout.confusion_matrix, f"{ARTIFACT_DIR}/plots"),
+        (layout.training_curve, f"{ARTIFACT_DIR}/plots"),
+    ]
+    try:
+        with mlflow.start_run(run_id=ref.run_id):
+            # The latest evaluation of a run wins in the UI (the history keeps earlier ones); the
+            # tag says which test-time settings the shown scores come from.
+            mlflow.set_tags(tags)
+            mlflow.log_metrics(metrics)
+            for path, artifact_path in files:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            if any(layout.overlays.iterdir()):
+                mlflow.log_artifacts(str(layout.overlays), artifact_path=f"{ARTIFACT_DIR}/plots/{OVERLAYS_DIR}")
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(f"could not log the evaluation into MLflow run {ref.run_id}: {err}") from None
+
+
+def run(params: Params, root: Path) -> dict[str, Any]:
+    """Stage ``evaluate``: score the checkpoint on the val split; write metrics and plots; log to MLflow.
+
+    Returns ``{"miou", "miou_absent_as_zero", "macc", "allacc", "num_images", "run_id", "seconds"}``.
+    """
+    started = time.perf_counter()
+    root = Path(root)
+    layout = Layout(root, params.paths)
+    cfg = params.evaluate
+
+    # Everything that can fail cheaply fails before inference.
+    classes = load_classes(layout.prepared, params.data.ignore_index)
+    ref = RunRef.load(layout.run_ref)
+    setup_mlflow(params.mlflow, root)
+    _check_run(ref, layout)
+    device = resolve_device(params.train.device)
+    ckpt = _load_trained(layout, classes)
+
+    # Normalise exactly as the checkpoint's model was trained (its stored config), not as params say now.
+    dataset = split_dataset(params, layout.prepared, layout.quarantine, ckpt.model_cfg)
+    scored = score_split(
+        ckpt.model, dataset, classes.names, classes.ignore_index, cfg, device, data_version(layout.prepared),
+        num_workers=params.train.num_workers, num_overlays=cfg.num_overlays, desc=f"evaluate {SPLIT}",
+    )
+    paths = ReportPaths(layout.eval_metrics, layout.per_class_iou, layout.confusion_matrix, layout.overlays)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths)
+    scored.images.save(layout.per_image_scores)
+    plot_training_curve(layout.train_history, layout.training_curve)
+    _log_to_run(ref, layout, val_metrics(summary), {INFERENCE_TAG: inference_tag(cfg)})
+
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("evaluate: mIoU %.4f over %d images in %.1f s", scored.metrics.miou, len(dataset), seconds)
+    return {
+        **{key: summary[key] for key in RETURNED_METRICS},
+        "num_images": len(dataset),
+        "run_id": ref.run_id,
+        "seconds": seconds,
+    }
+
+
+def _preview(names: Any) -> str:
+    names = list(names)
+    return f"{names[:NAMES_PREVIEWED]}{' ...' if len(names) > NAMES_PREVIEWED else ''}"
+
+
+def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoader, out: Path | None = None) -> dict[str, Any]:
+    """Score any model on the prepared val split, outside the pipeline: a checkpoint path or an
+    MLflow model URI (an imported official model, ``models:/pspnet@official-ade20k``, or an
+    earlier version), loaded by ``load_model`` (:func:`pspnet.registry.segmenter.load_model`;
+    passed in, so that the pipeline's stage does not depend on the registry's code).
+
+    Writes ``eval.json``, ``per_class_iou.csv``, ``confusion_matrix.png`` and ``overlays/`` into
+    ``out`` (default ``<paths.metrics>/models/<model>/``) and logs them with the ``val_*``
+    metrics into a new MLflow run ``evaluate <model>`` (tag :data:`MODEL_TAG`). The images are
+    normalised as the model records (an imported Caffe model: its mean, no std).
+    """
+    import mlflow
+
+    started = time.perf_counter()
+    root = Path(root)
+    layout = Layout(root, params.paths)
+    cfg = params.evaluate
+    classes = load_classes(layout.prepared, params.data.ignore_index)
+    segmenter = load_model(model, params, root)
+    if list(segmenter.class_names) != list(classes.names):
+        raise PspnetError(
+            f"{model} predicts {segmenter.num_classes} classes {_preview(segmenter.class_names)} but "
+            f"{layout.prepared / CLASSES_FILE} lists {classes.num_classes} {_preview(classes.names)}. Prepare the dataset "
+            "the model was trained on (e.g. data.source.name: ade20k for an official ADE20K model), then `dvc repro validate`."
+        )
+    setup_mlflow(params.mlflow, root)
+    device = resolve_device(params.train.device)
+    model_cfg = params.model.model_copy(update={"input_mean": segmenter.input_mean, "input_std": segmenter.input_std})
+    dataset = split_dataset(params, layout.prepared, layout.quarantine, model_cfg)
+    scored = score_split(
+        segmenter.model, dataset, classes.names, classes.ignore_index, cfg, device, data_version(layout.prepared),
+        num_workers=params.train.num_workers, num_overlays=cfg.num_overlays, desc=f"evaluate {model}",
+    )
+    out = Path(out) if out is not None else layout.model_reports / safe_name(model)
+    paths = ReportPaths(out / EVAL_METRICS_FILE, out / PER_CLASS_IOU_FILE, out / CONFUSION_MATRIX_FILE, out / OVERLAYS_DIR)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths)
+
+    mlflow.set_experiment(params.mlflow.experiment_name)
+    tags = {**run_tags(root), **dataset_tags(layout.prepared), MODEL_TAG: model, INFERENCE_TAG: inference_tag(cfg)}
+    try:
+        with mlflow.start_run(run_name=f"evaluate {model}", tags=tags) as run_info:
+            mlflow.log_metrics(val_metrics(summary))
+            mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(f"could not log the evaluation of {model} into MLflow: {err}") from None
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("evaluate %s: mIoU %.4f over %d images in %.1f s", model, scored.metrics.miou, len(dataset), seconds)
+    return {
+        "model": model,
+        **{key: summary[key] for key in RETURNED_METRICS},
+        "num_images": len(dataset),
+        "out": str(out),
+        "run_id": run_info.info.run_id,
+        "seconds": seconds,
+    }

@@ -1,5 +1,207 @@
-"""Stage ``train`` (being moved here from :mod:`pspnet.train.stage`)."""
+"""Stage ``train``: train PSPNet on the prepared train split (:class:`pspnet.train.trainer.Trainer`)
+and track it in MLflow.
 
-from pspnet.train.stage import train as run
+Writes the checkpoint, the :class:`~pspnet.tracking.runs.RunRef` that ``evaluate`` and
+``register`` reopen, ``train.json`` and ``train_history.csv`` (paths: :class:`pspnet.layout.Layout`),
+each atomically and only once training finished, so a failed run leaves the previous outputs.
+"""
 
-__all__ = ["run"]
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from pspnet import atomic_files
+from pspnet.config import Params
+from pspnet.data.classes import ClassTable, load_classes
+from pspnet.data.quarantine import effective_version, excluded_ids
+from pspnet.device import resolve_device
+from pspnet.errors import PspnetError
+from pspnet.layout import CHECKPOINT_FILE, Layout
+from pspnet.model.checkpoint import save_checkpoint
+from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
+from pspnet.tracking.store import setup_mlflow
+from pspnet.train.distributed import Distributed, torchrun_command
+from pspnet.train.loop import EpochStats, history_csv
+from pspnet.train.signals import SIGNAL_EXIT_BASE, TrainingInterrupted, stop_requests
+from pspnet.train.trainer import Trainer, TrainingInputs
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, root: Path) -> dict[str, Any]:
+    """Stage ``train``: train per ``params`` on ``root/params.paths.prepared`` (train split).
+
+    Under ``torchrun`` this process is one rank of a data-parallel run (only rank 0 logs and
+    writes); with ``train.nproc_per_node`` > 1 outside it, ``torchrun`` is started with that
+    many processes and rank 0's summary returned.
+    """
+    root = Path(root)
+    ctx = Distributed.from_env()
+    if params.train.nproc_per_node > 1 and not ctx.enabled:
+        return _run_under_torchrun(params, root)
+    # Rank 0 alone talks to MLflow: it fails before training if the store is unusable (torchrun
+    # then stops the other ranks).
+    experiment_id = setup_mlflow(params.mlflow, root) if ctx.is_main else ""
+    device = ctx.device(resolve_device(params.train.device))
+    ctx.start(device)
+    try:
+        return _train(params, root, ctx, device, experiment_id)
+    finally:
+        ctx.stop()
+
+
+def _run_under_torchrun(params: Params, root: Path) -> dict[str, Any]:
+    """``pspnet train`` as ``train.nproc_per_node`` processes under torchrun on this machine,
+    with these very params (a temporary copy); returns the summary rank 0 wrote."""
+    nproc = params.train.nproc_per_node
+    with tempfile.TemporaryDirectory(prefix="pspnet-ddp-") as tmp:
+        params_file = Path(tmp) / "params.yaml"
+        atomic_files.write_text(params_file, yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+        command = torchrun_command(nproc, params_file, root)
+        log.info("train.nproc_per_node=%d: starting %s", nproc, " ".join(command))
+        done = subprocess.run(command, cwd=root, check=False)
+    if done.returncode > SIGNAL_EXIT_BASE:
+        raise TrainingInterrupted(
+            f"distributed training stopped by a signal (torchrun exit code {done.returncode}); rank 0 saved the "
+            "training state. Run the train stage again to continue (train.resume: auto).",
+            done.returncode - SIGNAL_EXIT_BASE,
+        )
+    if done.returncode != 0:
+        raise PspnetError(
+            f"distributed training ({nproc} processes under torchrun) failed with exit code {done.returncode}; "
+            "the error is in the log above (torchrun names the failed rank)."
+        )
+    layout = Layout(root, params.paths)
+    ref = RunRef.load(layout.run_ref)
+    return {**json.loads(layout.train_metrics.read_text(encoding="utf-8")), "run_id": ref.run_id,
+            "checkpoint": str(Path(params.paths.models) / CHECKPOINT_FILE)}  # fmt: skip
+
+
+class MlflowEvents:
+    """The trainer's reports (:class:`pspnet.train.trainer.TrainingEvents`) as metrics of the active run."""
+
+    def first_step(self, seconds: float, global_step: int) -> None:
+        import mlflow
+
+        mlflow.log_metric("first_step_seconds", seconds, step=global_step)
+
+    def steps_logged(self, mean_loss: float, lr: float, global_step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({"step_loss": mean_loss, "step_lr": lr}, step=global_step)
+
+    def epoch_end(self, stats: EpochStats) -> None:
+        import mlflow
+
+        mlflow.log_metrics(
+            {"train_loss": stats.loss, "lr": stats.lr, "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second},
+            step=stats.epoch,
+        )
+
+
+def _open_run(run_id: str | None, experiment_id: str, tags: dict[str, str]) -> Any:
+    """The MLflow run to log into: the interrupted run ``run_id`` when resuming (if the store has it), else a new one."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if run_id:
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+            return mlflow.start_run(run_id=run_id)
+        except MlflowException:
+            log.warning("resume: MLflow run %s is not in this store; logging into a new run", run_id)
+    return mlflow.start_run(experiment_id=experiment_id, tags=tags)
+
+
+def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
+    """Log ``values`` as run params; a resumed run keeps its params and tags the changed ones."""
+    import mlflow
+
+    logged = mlflow.MlflowClient().get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in values.items() if k not in logged})
+    changed = {k: v for k, v in values.items() if k in logged and logged[k] != str(v)}
+    if changed:
+        mlflow.set_tags({f"resume.changed.{k}": str(v) for k, v in changed.items()})
+
+
+def _run_tags(root: Path, layout: Layout, trainer: Trainer) -> dict[str, str]:
+    """Code, experiment and data tags; the quarantine's when samples were left out."""
+    tags = run_tags(root) | dataset_tags(layout.prepared)
+    excluded = trainer.inputs.excluded
+    if excluded:
+        tags |= {
+            "data.quarantined": str(len(excluded)),
+            "data.training_version": str(effective_version(trainer.data_version, excluded)),
+        }
+    return tags
+
+
+def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, experiment_id: str) -> dict[str, Any]:
+    """The training run of one process (rank ``ctx.rank``); only rank 0 logs and writes."""
+    import mlflow
+
+    layout = Layout(root, params.paths)
+    classes = load_classes(layout.prepared, params.data.ignore_index)
+    excluded = excluded_ids(layout.quarantine, params.validate_.quarantine)  # samples `validate` set aside
+    trainer = Trainer(params, TrainingInputs(layout.prepared, classes, excluded, layout.train_state), ctx, device)
+    run_context = (
+        _open_run(trainer.resumed_run_id, experiment_id, _run_tags(root, layout, trainer)) if ctx.is_main else contextlib.nullcontext(None)
+    )
+    with stop_requests() as stop, run_context as active:
+        run_id = active.info.run_id if active is not None else ""
+        if ctx.is_main:
+            _log_params_once(run_id, params.to_flat_dict())  # every parameter, then what this run resolved
+            _log_params_once(run_id, trainer.resolved_settings())
+            if trainer.resumes:
+                mlflow.set_tag("resumed_from_steps", ",".join(map(str, trainer.resumes)))
+        try:
+            history = trainer.fit(MlflowEvents(), stop, run_id)
+        except TrainingInterrupted:
+            if ctx.is_main:
+                mlflow.end_run(status="KILLED")
+            raise
+        if not ctx.is_main:  # rank 0 writes the outputs and closes the run
+            return {"rank": ctx.rank, "final_loss": history[-1].loss, "steps": trainer.step}
+        summary = trainer.summary()
+        _write_outputs(layout, trainer, classes, summary, run_id)
+        ref = RunRef(run_id=run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
+        ref.save(layout.run_ref)
+    trainer.clear_states()
+    checkpoint = layout.checkpoint
+    return {
+        **summary,
+        "run_id": ref.run_id,
+        "checkpoint": str(checkpoint.relative_to(root)) if checkpoint.is_relative_to(root) else str(checkpoint),
+    }
+
+
+def _write_outputs(layout: Layout, trainer: Trainer, classes: ClassTable, summary: dict[str, Any], run_id: str) -> None:
+    """Checkpoint, history and summary, each atomically, then the same files and final metrics in MLflow."""
+    import mlflow
+
+    meta = {
+        "class_names": list(classes.names),
+        "class_colors": [list(c) for c in classes.colors],
+        "ignore_index": classes.ignore_index,
+        "epoch": trainer.params.train.epochs,
+        "step": trainer.step,
+        "final_loss": summary["final_loss"],
+        "mlflow_run_id": run_id,
+        "resumed_from_steps": trainer.resumes,
+    }
+    save_checkpoint(layout.checkpoint, trainer.model, trainer.params.model, classes.num_classes, meta)
+    atomic_files.write_text(layout.train_history, history_csv(trainer.history))
+    atomic_files.write_json(layout.train_metrics, summary)
+    mlflow.log_metrics({"final_loss": summary["final_loss"], "train_seconds": trainer.training_seconds})
+    mlflow.log_artifact(str(layout.checkpoint), artifact_path="checkpoint")
+    mlflow.log_artifact(str(layout.train_metrics), artifact_path="metrics")
+    mlflow.log_artifact(str(layout.train_history), artifact_path="metrics")

@@ -15,8 +15,6 @@ from pspnet.errors import DataError, PspnetError
 
 #: Environment variable naming a preset run (set by ``pspnet experiment``); runs are tagged with it.
 RUN_NAME_ENV = "PSPNET_RUN_NAME"
-#: Where a stage records the MLflow run it logged to (under ``paths.models``).
-RUN_REF_FILE = "mlflow_run.json"
 
 
 def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:

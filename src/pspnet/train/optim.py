@@ -33,8 +33,8 @@ def freeze_encoder(model: PSPNet) -> int:
     """Stop gradients through the encoder's parameters; returns how many were frozen.
 
     Its BatchNorm layers must also stay in eval mode while training (running statistics
-    frozen): :func:`pspnet.train.loop.train_one_epoch` does that for the modules it is given
-    as ``frozen``.
+    frozen): :func:`pspnet.train.loop.train_one_epoch` does that for the modules of
+    ``TrainStep.frozen``.
     """
     params = model.encoder_parameters()
     for p in params:

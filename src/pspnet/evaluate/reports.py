@@ -1,0 +1,76 @@
+"""The evaluation's files: metrics JSON, per-class CSV, confusion matrix and overlays of a
+scored split, and its scores as flat ``val_*`` metrics for the tracking store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pspnet import atomic_files
+from pspnet.data.classes import ClassTable
+from pspnet.data.dataset import SegmentationDataset, load_image
+from pspnet.evaluate.metrics import SegmentationMetrics
+from pspnet.evaluate.plots import plot_confusion_matrix, plot_overlay
+from pspnet.evaluate.scoring import SPLIT, Scored
+
+#: Summary entries that become ``val_<name>`` metrics (besides one IoU per class).
+TRACKED_SUMMARY = ("miou", "miou_absent_as_zero", "macc", "allacc")
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where :func:`write_reports` writes: metrics JSON, per-class CSV, confusion matrix PNG, overlay folder."""
+
+    eval_metrics: Path
+    per_class_iou: Path
+    confusion_matrix: Path
+    overlays: Path
+
+
+def safe_name(text: str) -> str:
+    """``text`` reduced to characters safe in file names and MLflow metric keys."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
+
+
+def write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[str, ...]) -> None:
+    frame = pd.DataFrame(
+        {"class": list(names), "iou": result.iou, "acc": result.acc, "pixels": result.target.astype(np.int64)}
+    )
+    with atomic_files.atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_reports(
+    scored: Scored, dataset: SegmentationDataset, classes: ClassTable, overlay_alpha: float, paths: ReportPaths
+) -> dict[str, Any]:
+    """Write the metrics JSON, the per-class CSV, the confusion matrix and the overlays of the
+    images ``scored`` kept; returns the metrics summary."""
+    result = scored.metrics
+    summary = result.summary(classes.names)
+    atomic_files.write_json(paths.eval_metrics, {**summary, "num_images": len(dataset)})
+    write_per_class_csv(paths.per_class_iou, result, classes.names)
+    plot_confusion_matrix(result.matrix, classes.names, paths.confusion_matrix,
+                          title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
+    with atomic_files.atomic_dir(paths.overlays) as tmp_dir:
+        for index in sorted(scored.kept):
+            target, pred = scored.kept[index]
+            sample_id = str(dataset.ids[index])
+            image = load_image(dataset.image_paths[index])  # the whole-image eval transform keeps the size
+            out = tmp_dir / f"{safe_name(sample_id)}.png"
+            if out.exists():  # two ids that sanitise to the same name
+                out = tmp_dir / f"{safe_name(sample_id)}-{index}.png"
+            plot_overlay(image, target, pred, classes.names, classes.colors, out,
+                         ignore_index=classes.ignore_index, alpha=overlay_alpha, title=sample_id)
+    return summary
+
+
+def val_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The ``val_*`` metrics of a summary (mIoU, mAcc, allAcc and one IoU per class) for the tracking store."""
+    metrics = {f"val_{k}": v for k, v in summary.items() if k in TRACKED_SUMMARY}
+    metrics.update({f"val_iou_{safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
+    return {k: float(v) for k, v in metrics.items() if v is not None}
