@@ -291,8 +291,7 @@ class TrainConfig(StrictModel):
     #: read natively. ``auto``: on CUDA, off on the CPU.
     channels_last: bool | Literal["auto"] = "auto"
     #: ``torch.compile`` the model, CUDA only (refused on the CPU). The first step pays the
-    #: compilation (75-97 s for PSPNet-R50 on an H100), which the log reports; it gave no
-    #: speed-up there (docs/results/gpu-h100.md).
+    #: compilation, which the log reports (figures: docs/results/gpu-h100.md).
     compile: bool = False
     #: cuDNN times its kernels for the (fixed) crop size and keeps the fastest (CUDA only).
     cudnn_benchmark: bool = True

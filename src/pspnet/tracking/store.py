@@ -238,12 +238,10 @@ def default_artifact_location(tracking_uri: str, root: str | Path | None = None)
 def _store_creation_lock(uri: str) -> Iterator[None]:
     """Serialise the creation of a new SQLite store between processes.
 
-    MLflow creates the tables of a new SQLite file on first use; two processes doing that at
-    once (two ``dvc exp`` workers on a fresh project) collide in the schema migration and one
-    fails (measured: "Online migration expected to match one row ... 0 found"). So while the
-    file is missing or empty, its first use runs under a file lock next to it; later uses never
-    take it (every write then waits on SQLite's own lock: MLflow sets ``busy_timeout`` 20 s).
-    The lock file is removed once the store exists.
+    Two processes creating a new store's tables at once (two ``dvc exp`` workers on a fresh
+    project) collide in MLflow's schema migration, so while the file is missing or empty its
+    first use runs under a file lock next to it, removed once the store exists
+    (docs/reliability.md).
     """
     from filelock import FileLock
 
