@@ -24,18 +24,21 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow schedule test test-all bench ablation import-data run-camvid ui lock clean
+.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install the locked dependencies (only what is missing)
 
+# --compile-bytecode: every test spawns Python processes (DVC stages, servers, torchrun) that
+# import torch / mlflow; without .pyc files (e.g. PYTHONDONTWRITEBYTECODE=1, set in many CI
+# images) each one recompiles them, about 7 s of CPU a process.
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(VENV)/bin/python -r requirements.lock
+	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(VENV)/bin/python --no-deps -e .
 	@touch $@
 
@@ -72,11 +75,22 @@ schedule: install  ## serve the retraining deployment (cron + new-data check) on
 	fi; \
 	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.schedule
 
-test: install  ## run the test suite (heavy tests marked `slow` excluded)
-	pytest -m "not slow"
+# Test tiers (markers in pyproject.toml): `make check` runs the unit tests (about 3 min on 2 cores);
+# `make test`, what CI runs (.ci/run), adds the `integration` tests: real DVC / MLflow / Prefect /
+# torchrun end to end (about 12 min); `make test-all` adds the `slow` ones (benchmarks, compile).
+# PYTEST_ARGS passes options on, e.g. PYTEST_ARGS="-x -k resume".
+PYTEST_ARGS ?=
+# pytest exits 5 when it collected no test (a marker or -k selecting nothing): a failure, said so.
+NO_TESTS_IS_FAILURE = || { status=$$?; [ $$status -ne 5 ] || echo "make: pytest collected no tests (exit 5)" >&2; exit $$status; }
 
-test-all: install  ## run every test, the slow ones included
-	pytest
+check: install  ## the fast tier: unit tests, no `integration` / `slow` ones (about 3 min on 2 cores)
+	pytest -m "not integration and not slow" $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
+
+test: install  ## the suite CI runs: unit and `integration` tests, not `slow` ones (about 12 min on 2 cores)
+	pytest -m "not slow" --durations=15 $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
+
+test-all: install  ## every test, the `slow` ones (benchmarks, torch.compile on CUDA) included
+	pytest --durations=15 $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
 # On a machine with CUDA, `make bench` first measures the GPU (bench/gpu_train.py: fp32 / bf16 /
 # channels_last / compile, images/s, peak memory, MFU; about 15 min) into $(GPU_REPORT), which

@@ -15,11 +15,13 @@ from pspnet.config import deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Overrides that make the whole pipeline take seconds: a handful of small images, one epoch.
+#: Overrides that make the whole pipeline take seconds: a handful of small images, one epoch,
+#: small export and probe images for the registration.
 TINY_PARAMS: dict[str, dict] = {
     "data": {"synthetic": {"train_size": 12, "val_size": 6, "height": 48, "width": 64}},
     "train": {"epochs": 1, "batch_size": 4, "crop_size": [48, 64], "log_every_n_steps": 1},
     "evaluate": {"num_overlays": 2},
+    "register": {"export_example_size": [32, 48], "probe_size": [40, 56]},
 }
 
 

@@ -15,6 +15,8 @@ from pspnet.ops.data_changes import data_changes
 from pspnet.errors import DataError
 from tests.integration.conftest import make_tiny_project, run
 
+pytestmark = pytest.mark.integration  # real DVC in tiny git + DVC projects
+
 HEIGHT, WIDTH = 16, 24
 
 

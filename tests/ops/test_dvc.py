@@ -33,6 +33,7 @@ def test_a_failed_captured_command_is_named_with_dvcs_message(tmp_path: Path) ->
         dvc.run_dvc(tmp_path, "status")
 
 
+@pytest.mark.integration  # real dvc repro
 def test_a_streamed_command_gets_the_extra_environment_and_a_failure_names_it(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "dvc.yaml").write_text(

@@ -56,6 +56,7 @@ def test_an_outside_location_not_imported_yet_says_which_command_imports_it(tmp_
         resolve_input(item, tmp_path)
 
 
+@pytest.mark.integration
 def test_import_then_update_versions_the_raw_data(tmp_path: Path) -> None:
     root = _repo(tmp_path / "project")
     source = _dataset(tmp_path / "CamVid", {"train/a.png": "a", "trainannot/a.png": "a"})
@@ -79,6 +80,7 @@ def test_import_then_update_versions_the_raw_data(tmp_path: Path) -> None:
     assert (root / "data/raw/camvid/train/b.png").read_text() == "b"
 
 
+@pytest.mark.integration
 def test_a_moved_location_is_refused_until_reimported(tmp_path: Path) -> None:
     root = _repo(tmp_path / "project")
     old = _dataset(tmp_path / "old", {"train/a.png": "a"})
@@ -91,6 +93,7 @@ def test_a_moved_location_is_refused_until_reimported(tmp_path: Path) -> None:
     assert sorted(p.name for p in (root / "data/raw/camvid/train").iterdir()) == ["z.png"]
 
 
+@pytest.mark.integration
 def test_data_copied_into_raw_is_tracked_with_dvc_add(tmp_path: Path) -> None:
     root = _repo(tmp_path / "project")
     _dataset(root / "data/raw/mine", {"images/train/a.png": "a"})
@@ -99,6 +102,7 @@ def test_data_copied_into_raw_is_tracked_with_dvc_add(tmp_path: Path) -> None:
     assert (root / "data/raw/mine.dvc").is_file()
 
 
+@pytest.mark.integration
 def test_a_location_that_does_not_exist_is_named_before_dvc_runs(tmp_path: Path) -> None:
     root = _repo(tmp_path / "project")
     with pytest.raises(DataError, match=r"data\.source\.location: .*/nowhere/CamVid does not exist\. Fix: set"):
@@ -106,6 +110,7 @@ def test_a_location_that_does_not_exist_is_named_before_dvc_runs(tmp_path: Path)
     assert not (root / "data/raw/camvid.dvc").exists()
 
 
+@pytest.mark.integration
 def test_a_fresh_clone_pulls_the_tracked_raw_data_from_the_dvc_remote(tmp_path: Path) -> None:
     root = _repo(tmp_path / "project")
     run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], root)

@@ -17,16 +17,14 @@ STAGES = ("prepare", "validate", "train", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A temporary Prefect server and database, with Prefect's home in a temp folder."""
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(prefect_api: str, tmp_path_factory: pytest.TempPathFactory):
+    """Flows of this process run against the package's Prefect server (a temporary database),
+    with Prefect's home in a temp folder."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-home")
-    with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-        # None: use PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (raised in tests/conftest.py).
-        with prefect_test_harness(server_startup_timeout=None):
-            yield
+    with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_API_URL: prefect_api}):
+        yield
 
 
 @pytest.mark.parametrize(("exit_code", "attempts"), [(3, 1), (2, 1), (1, 3)])

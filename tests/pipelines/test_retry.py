@@ -49,6 +49,7 @@ def test_stages_and_retry_policy() -> None:
         assert task.retries == 2 and task.retry_condition_fn is retry_unless_permanent
 
 
+@pytest.mark.integration  # real dvc repro
 def test_real_dvc_repro_reports_the_stage_exit_code(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     (tmp_path / "dvc.yaml").write_text(

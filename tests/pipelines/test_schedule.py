@@ -7,14 +7,10 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,20 +24,17 @@ from pspnet.errors import ConfigError, PspnetError
 from pspnet.layout import PIPELINE_LOCK_FILE
 from pspnet.ops import project_lock
 from tests.integration.conftest import REPO_ROOT, make_tiny_project, run, tool_env
+from tests.pipelines.servers import free_port, stop, tail, wait_for
 
 STAGES = ("prepare", "validate", "train", "evaluate", "register")
 FLOW_NAME = "pspnet-training"
 DEPLOYMENT = "pspnet-retrain"
 
-#: Bounded waits (seconds): the server to answer, the cron run to appear / to finish, a short run.
-SERVER_START_TIMEOUT = 150
+#: Bounded waits (seconds): the cron run to appear / to finish, a short run.
 FIRE_DELAY = 20
 FIRST_RUN_APPEARS_TIMEOUT = FIRE_DELAY + 60
 FIRST_RUN_TIMEOUT = 420
 SHORT_RUN_TIMEOUT = 120
-#: How long a stopped process may take to exit before it is killed.
-STOP_TIMEOUT = 30
-POLL_SECONDS = 1
 
 
 # --- the deployment, without a server ---------------------------------------------------------
@@ -81,7 +74,7 @@ def test_serving_needs_a_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         with pytest.raises(ConfigError, match=r"PREFECT_API_URL is not set.*`make schedule`"):
             schedule.require_server()
-    closed = f"http://127.0.0.1:{_free_port()}/api"
+    closed = f"http://127.0.0.1:{free_port()}/api"
     with temporary_settings(updates={PREFECT_API_URL: closed}):
         with pytest.raises(PspnetError, match=rf"PREFECT_API_URL={closed} does not answer.*`make schedule`"):
             schedule.require_server()
@@ -119,81 +112,7 @@ def test_a_second_run_waits_for_the_pipeline_lock_and_says_so(
     assert any(m.startswith("still waiting") for m in caplog.messages), caplog.messages
 
 
-# --- for real on a local Prefect server ---------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 6000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.is_file() else "(no log)"
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> None:
-    """Stop a process started in its own session, with its children; killed if it does not exit."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-    try:  # children left behind (the group outlives its leader)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _wait_for(check: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` s quoting ``log``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(POLL_SECONDS)
-    pytest.fail(f"{what}: not within {timeout} s. Log {log}:\n{_tail(log)}")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `prefect server start` on a free port, its home and database in tmp; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        # The scheduler creates the cron's runs; by default it looks every 60 s.
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-    )
-    log = home / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        _wait_for(lambda: proc.poll() is not None or _answers(f"{api}/health"), SERVER_START_TIMEOUT, "prefect server healthy", log)
-        assert proc.poll() is None, f"prefect server exited {proc.returncode}:\n{_tail(log)}"
-        yield api
-    finally:
-        _stop(proc, signal.SIGTERM)
+# --- for real on the package's Prefect server (tests/pipelines/conftest.py) ---------------------
 
 
 @contextmanager
@@ -209,7 +128,7 @@ def serving(project: Path, api: str, log: Path) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        _stop(proc)  # SIGINT: it pauses the schedules while the server still answers
+        stop(proc)  # SIGINT: it pauses the schedules while the server still answers
 
 
 def _cron_at(moment: datetime.datetime) -> str:
@@ -238,7 +157,7 @@ def _task_names(client: Any, flow_run_id: Any) -> list[str]:
 
 @pytest.mark.integration
 def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is_skipped(
-    prefect_server: str, tmp_path: Path
+    prefect_api: str, tmp_path: Path
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -249,15 +168,15 @@ def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is
     fire_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=FIRE_DELAY)
     _set_schedule(project, cron=_cron_at(fire_at), timezone="UTC", data_check_interval=0, collision="cancel_new")
 
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client, \
-            serving(project, prefect_server, serve_log) as server:
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client, \
+            serving(project, prefect_api, serve_log) as server:
 
         def deployment() -> Any:
-            assert server.poll() is None, f"pipelines.schedule exited {server.returncode}:\n{_tail(serve_log)}"
+            assert server.poll() is None, f"pipelines.schedule exited {server.returncode}:\n{tail(serve_log)}"
             return next(iter(client.read_deployments()), None)
 
-        deployment_id = _wait_for(deployment, FIRE_DELAY, "deployment served", serve_log).id
-        scheduled = _wait_for(lambda: _runs(client, deployment_id), FIRST_RUN_APPEARS_TIMEOUT, "cron run created", serve_log)[0]
+        deployment_id = wait_for(deployment, FIRE_DELAY, "deployment served", serve_log).id
+        scheduled = wait_for(lambda: _runs(client, deployment_id), FIRST_RUN_APPEARS_TIMEOUT, "cron run created", serve_log)[0]
         assert scheduled.auto_scheduled and scheduled.parameters["only_if_new_data"] is False
         assert abs((scheduled.expected_start_time - fire_at).total_seconds()) < 1
 
@@ -265,8 +184,8 @@ def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is
             run = client.read_flow_run(scheduled.id)
             return run if run.state and run.state.is_final() else None
 
-        done = _wait_for(finished, FIRST_RUN_TIMEOUT, "scheduled run finished", serve_log)
-        assert done.state.is_completed(), f"{done.state!r}\n{_tail(serve_log)}"
+        done = wait_for(finished, FIRST_RUN_TIMEOUT, "scheduled run finished", serve_log)
+        assert done.state.is_completed(), f"{done.state!r}\n{tail(serve_log)}"
         assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == set(STAGES)
         assert json.loads((project / "reports" / "registry.json").read_text())["decision"] == "promoted"
         # DVC recorded every stage: a plain `dvc repro` afterwards has nothing to do.
@@ -283,7 +202,7 @@ def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is
             runs = [client.read_flow_run(run.id) for run in pair]
             return runs if all(run.state and run.state.is_final() for run in runs) else None
 
-        finals = _wait_for(both_final, SHORT_RUN_TIMEOUT, "both new-data triggers finished", serve_log)
+        finals = wait_for(both_final, SHORT_RUN_TIMEOUT, "both new-data triggers finished", serve_log)
         by_state = {run.state.name: run for run in finals}
         assert set(by_state) == {"Skipped", "Cancelled"}, [run.state for run in finals]
         skipped, cancelled = by_state["Skipped"], by_state["Cancelled"]

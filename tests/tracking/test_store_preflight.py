@@ -146,6 +146,7 @@ print(setup_mlflow(MlflowConfig(), sys.argv[1]))
 """
 
 
+@pytest.mark.integration  # two real processes racing
 def test_two_processes_creating_a_fresh_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
     """Without the creation lock one of them failed in MLflow's schema migration (measured)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

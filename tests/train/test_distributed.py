@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pspnet.train.distributed import Distributed, ShardedSampler
@@ -22,6 +23,7 @@ def _run(args: list[str]) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
+@pytest.mark.integration  # the real torchrun, 2 processes
 def test_two_ranks_of_batch_2_compute_the_gradients_of_one_process_of_batch_4(tmp_path: Path) -> None:
     _run([sys.executable, str(STEP_SCRIPT), str(tmp_path / "single.pt"), "4"])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -54,6 +56,7 @@ def test_sharded_sampler_splits_each_global_batch_across_ranks() -> None:
         assert together == set(expected[step * batch * world : (step + 1) * batch * world])
 
 
+@pytest.mark.integration  # the real torchrun, 2 processes
 def test_the_train_stage_runs_distributed_end_to_end(project: Path, tmp_path: Path) -> None:
     """``train.nproc_per_node: 2``: ``pspnet train`` starts torchrun with 2 gloo processes. Rank 0
     alone logs one MLflow run and writes the outputs; the run trains the weights a single

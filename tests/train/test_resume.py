@@ -107,6 +107,7 @@ def _losses(root: Path) -> list[str]:
         return [row["loss"] for row in csv.DictReader(f)]
 
 
+@pytest.mark.integration  # real `pspnet train` processes, killed and resumed
 def test_sigkill_then_sigterm_mid_epoch_resume_to_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
     env = _env(tmp_path)
     reference = _project(tmp_path, "reference")
