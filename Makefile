@@ -75,18 +75,18 @@ schedule: install  ## serve the retraining deployment (cron + new-data check) on
 	fi; \
 	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.schedule
 
-# Test tiers (markers in pyproject.toml): `make check` runs the unit tests (about 3 min on 2 cores);
+# Test tiers (markers in pyproject.toml): `make check` runs the unit tests (target: 3 min on 2 cores);
 # `make test`, what CI runs (.ci/run), adds the `integration` tests: real DVC / MLflow / Prefect /
-# torchrun end to end (about 12 min); `make test-all` adds the `slow` ones (benchmarks, compile).
+# torchrun end to end (target: 12 min on 2 cores); `make test-all` adds the `slow` ones (benchmarks, compile).
 # PYTEST_ARGS passes options on, e.g. PYTEST_ARGS="-x -k resume".
 PYTEST_ARGS ?=
 # pytest exits 5 when it collected no test (a marker or -k selecting nothing): a failure, said so.
 NO_TESTS_IS_FAILURE = || { status=$$?; [ $$status -ne 5 ] || echo "make: pytest collected no tests (exit 5)" >&2; exit $$status; }
 
-check: install  ## the fast tier: unit tests, no `integration` / `slow` ones (about 3 min on 2 cores)
+check: install  ## the fast tier: unit tests, no `integration` / `slow` ones (target: 3 min on 2 cores)
 	pytest -m "not integration and not slow" $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
-test: install  ## the suite CI runs: unit and `integration` tests, not `slow` ones (about 12 min on 2 cores)
+test: install  ## the suite CI runs: unit and `integration` tests, not `slow` ones (target: 12 min on 2 cores)
 	pytest -m "not slow" --durations=15 $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
 test-all: install  ## every test, the `slow` ones (benchmarks, torch.compile on CUDA) included
