@@ -83,14 +83,19 @@ PYTEST_ARGS ?=
 # pytest exits 5 when it collected no test (a marker or -k selecting nothing): a failure, said so.
 NO_TESTS_IS_FAILURE = || { status=$$?; [ $$status -ne 5 ] || echo "make: pytest collected no tests (exit 5)" >&2; exit $$status; }
 
+# pytest-xdist: one worker per core (PYTEST_WORKERS=0 runs in this process), one test module per
+# work unit (tests/conftest.py), so module-scoped servers and pipeline runs start once.
+PYTEST_WORKERS ?= auto
+XDIST = -n $(PYTEST_WORKERS) --dist loadscope
+
 check: install  ## the fast tier: unit tests, no `integration` / `slow` ones (target: 3 min on 2 cores)
-	pytest -m "not integration and not slow" $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
+	pytest -m "not integration and not slow" $(XDIST) $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
 test: install  ## the suite CI runs: unit and `integration` tests, not `slow` ones (target: 12 min on 2 cores)
-	pytest -m "not slow" --durations=15 $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
+	pytest -m "not slow" --durations=15 $(XDIST) $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
 test-all: install  ## every test, the `slow` ones (benchmarks, torch.compile on CUDA) included
-	pytest --durations=15 $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
+	pytest --durations=15 $(XDIST) $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)
 
 # On a machine with CUDA, `make bench` first measures the GPU (bench/gpu_train.py: fp32 / bf16 /
 # channels_last / compile, images/s, peak memory, MFU; about 15 min) into $(GPU_REPORT), which

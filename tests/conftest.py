@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,36 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the stage processes it
+# starts get their share of the cores: torch's default of one thread per core in every worker
+# would oversubscribe them. Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+#: Packages whose tests share a fixture above module scope (tests/pipelines: one Prefect server),
+#: so their tests go to one xdist worker together.
+SHARED_PACKAGES = ("tests/pipelines",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `--dist loadscope` (the Makefile's): one work unit per test module, and one per
+    package for SHARED_PACKAGES, so module- and package-scoped set-up (servers, tiny pipeline
+    runs) is paid once, on one worker. (xdist's own `xdist_group` marks are inert under pytest 9:
+    they rename ``item._nodeid``, which pytest no longer reads.)"""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:  # xdist's extension point (loadfile overrides it too)
+            path = nodeid.split("::", 1)[0]
+            return next((pkg for pkg in SHARED_PACKAGES if path.startswith(pkg + "/")), path)
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import mlflow
@@ -73,12 +72,9 @@ def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> Non
     assert registry["decision"] == "promoted"
     assert (project / "reports" / "model_card.md").read_text().startswith("# pspnet v1")
 
-    # Nothing changed: no stage runs, quickly.
-    start = time.perf_counter()
+    # Nothing changed: no stage runs.
     second = run(["dvc", "repro"], project)
-    elapsed = time.perf_counter() - start
     assert ran_stages(second.stdout) == set(), second.stdout
-    assert elapsed < 30, f"a no-op dvc repro took {elapsed:.1f}s"
 
     # A train parameter changed: train, evaluate and register rerun, data stages do not.
     params = yaml.safe_load((project / "params.yaml").read_text())

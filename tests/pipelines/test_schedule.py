@@ -31,7 +31,7 @@ FLOW_NAME = "pspnet-training"
 DEPLOYMENT = "pspnet-retrain"
 
 #: Bounded waits (seconds): the cron run to appear / to finish, a short run.
-FIRE_DELAY = 20
+FIRE_DELAY = 40  # the serving process must be up before: about 20 s when the suite runs in parallel
 FIRST_RUN_APPEARS_TIMEOUT = FIRE_DELAY + 60
 FIRST_RUN_TIMEOUT = 420
 SHORT_RUN_TIMEOUT = 120

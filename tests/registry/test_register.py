@@ -100,6 +100,7 @@ def aliases(client: MlflowClient) -> tuple[str, str]:
     return str(get("pspnet", "champion").version), str(get("pspnet", "challenger").version)
 
 
+@pytest.mark.integration  # six registrations in a row (export, pyfunc, probe) through a real store
 def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(project: tuple[Path, Params]) -> None:
     root, params = project
     client = MlflowClient()

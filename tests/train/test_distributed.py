@@ -93,4 +93,4 @@ def test_the_train_stage_runs_distributed_end_to_end(project: Path, tmp_path: Pa
     single = load_checkpoint(project / "models" / "checkpoint.pt").model.state_dict()
     for name, value in single.items():
         if value.is_floating_point():
-            torch.testing.assert_close(distributed[name], value, atol=1e-4, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(distributed[name], value, atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
