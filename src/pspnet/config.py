@@ -118,8 +118,44 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 PIL_PIXEL_CAP = 178_956_970
 
 
+class HoldoutConfig(StrictModel):
+    """A validation split of whole groups (e.g. CamVid sequences, a folder dataset's scenes or
+    cameras) taken out of ``from_split``: frames of one group look alike, so a model scored on
+    frames of groups it trained on is scored on what it has seen (see :mod:`pspnet.data.holdout`).
+
+    A sample's group is the first capture group of ``group_pattern`` matched on its id.
+    """
+
+    #: Group keys moved from ``from_split`` into ``split``; empty: no held-out split.
+    groups: tuple[str, ...] = ()
+    #: Regex whose first capture group is the sample's group (default: the id up to its first ``_``,
+    #: e.g. ``0006R0`` of CamVid's ``0006R0_f00930``).
+    group_pattern: str = r"^([^_]+)_"
+    from_split: str = "train"
+    split: str = "holdout"
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _one_capture_group(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"not a regular expression: {err}") from None
+        if compiled.groups < 1:
+            raise ValueError(f"{pattern!r} has no capture group; put the group key in ( )")
+        return pattern
+
+    @model_validator(mode="after")
+    def _distinct_splits(self) -> HoldoutConfig:
+        if self.split == self.from_split:
+            raise ValueError(f"split and from_split are both {self.split!r}; name the held-out split differently")
+        return self
+
+
 class DataConfig(StrictModel):
     source: SourceConfig = SourceConfig()
+    #: Optional validation split of whole groups (sequences, scenes) held out of training.
+    holdout: HoldoutConfig = HoldoutConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     ignore_index: Annotated[int, Field(ge=0, le=255)] = 255
     #: Threads that read, convert and write samples in ``prepare`` (and hash them).
@@ -146,7 +182,7 @@ class ValidateConfig(StrictModel):
     #: How many failing samples the error message lists before summarising the rest.
     max_failures_listed: PositiveInt = 20
     #: Split names a manifest row may carry; any other value fails validation.
-    known_splits: tuple[str, ...] = ("train", "val", "test")
+    known_splits: tuple[str, ...] = ("train", "val", "holdout", "test")
     #: Threads that open and decode the image and mask files while profiling the dataset.
     num_workers: Annotated[int, Field(ge=1, le=64)] = 4
     #: Class distribution shift is flagged when the Jensen-Shannon distance (base 2, 0..1) between
@@ -371,6 +407,9 @@ class EvaluateConfig(StrictModel):
     #: Long side (pixels) that scale 1.0 maps to; ``null``: the image's own long side, so scale
     #: 1.0 keeps the original size (paper: 512 on ADE20K and VOC, 2048 on Cityscapes).
     base_size: PositiveInt | None = None
+    #: Splits scored beside val when the prepared data has them (e.g. ``data.holdout.split``):
+    #: their scores go to eval.json (``splits``), MLflow (``<split>_miou`` ...) and the reports.
+    extra_splits: tuple[str, ...] = ("holdout",)
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

@@ -104,6 +104,9 @@ def workspace_results(root: Path) -> dict[str, Any]:
     return {
         **{k: evaluation.get(k) for k in EVAL_KEYS},
         "per_class_iou": per_class,
+        # Splits scored beside val (evaluate.extra_splits), e.g. held-out sequences.
+        "splits": {name: {k: split.get(k) for k in (*EVAL_KEYS, "num_images")}
+                   for name, split in (evaluation.get("splits") or {}).items()},
         "train_seconds": training.get("seconds"),
         "epochs": training.get("epochs"),
         "device": training.get("device"),
@@ -172,11 +175,21 @@ def load_preset(
     return path, settings, params
 
 
+def _split_lines(splits: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The table of the splits scored beside val (held-out groups: the score new footage gets)."""
+    if not splits:
+        return []
+    rows = [f"| {name} | {s['num_images']} | {s['miou']:.4f} | {s['macc']:.4f} | {s['allacc']:.4f} |" for name, s in splits.items()]
+    return ["| split (beside val) | images | mIoU | mAcc | allAcc |", "| --- | ---: | ---: | ---: | ---: |", *rows, ""]
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     """A preset run as Markdown: what ran, the headline metrics and the per-class IoU."""
     per_class = report.get("per_class_iou") or {}
+    splits = report.get("splits") or {}
+    headline = "".join(f", {name} mIoU {split['miou']:.4f}" for name, split in splits.items())
     lines = [
-        f"# {report['preset']}: val mIoU {report['miou']:.4f}",
+        f"# {report['preset']}: val mIoU {report['miou']:.4f}{headline}",
         "",
         (f"Run on {report['date']} ({report['machine']}, device {report.get('device')}, bfloat16 autocast "
          f"{'on' if report.get('amp') else 'off'}); run name `{report['experiment']}` (MLflow tag `pspnet.run_name`), MLflow run "
@@ -188,6 +201,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"{report['allacc']:.4f} | {report['epochs']} | {report['train_seconds'] / 60:.1f} min | "
         f"{report['wall_seconds'] / 60:.1f} min |"),
         "",
+        *_split_lines(splits),
         "Per-class IoU (val):",
         "",
         "| class | IoU |",

@@ -27,10 +27,16 @@ COLORS = ((70, 130, 180), (128, 64, 128), (0, 0, 142))
 VAL = {"v_a": (32, 40), "v/b": (40, 48), "v_c": (32, 40)}
 
 
-def _make_prepared(prepared: Path) -> None:
+#: A held-out split (data.holdout) of two images, scored beside val by default.
+HOLDOUT = {"h_a": (32, 40), "h_b": (36, 44)}
+
+
+def _make_prepared(prepared: Path, holdout: bool = False) -> None:
     rng = np.random.default_rng(0)
     rows = []
     samples = {"t_0": ("train", (32, 40)), **{k: ("val", hw) for k, hw in VAL.items()}}
+    if holdout:
+        samples |= {k: ("holdout", hw) for k, hw in HOLDOUT.items()}
     for i, (sample_id, (split, (h, w))) in enumerate(samples.items()):
         mask = rng.integers(0, len(NAMES), (h, w), dtype=np.uint8)
         mask[: h // 4] = 0
@@ -79,15 +85,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Para
     return root, params, run.info.run_id
 
 
-def _independent_scores(root: Path, params: Params) -> dict[str, float]:
-    """Per-image predictions of the checkpoint, scored with torchmetrics' confusion matrix."""
+def _independent_scores(root: Path, params: Params, split: str = "val") -> dict[str, float]:
+    """Per-image predictions of the checkpoint on ``split``, scored with torchmetrics' confusion matrix."""
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.transforms import eval_transform
     from pspnet.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(root / "models" / "checkpoint.pt").model
     cm = MulticlassConfusionMatrix(len(NAMES), ignore_index=255)
-    ds = SegmentationDataset(root / params.paths.prepared, "val", eval_transform(params))
+    ds = SegmentationDataset(root / params.paths.prepared, split, eval_transform(params))
     with torch.no_grad():
         for image, mask in ds:
             cm.update(model(image[None]).argmax(1), mask[None])
@@ -156,6 +162,31 @@ def test_evaluate_end_to_end(project: tuple[Path, Params, str]) -> None:
     assert {"evaluation/eval.json", "evaluation/per_class_iou.csv", "evaluation/plots"} <= listing("evaluation")
     assert {"evaluation/plots/confusion_matrix.png", "evaluation/plots/training_curve.png"} <= listing("evaluation/plots")
     assert listing("evaluation/plots/overlays") == {"evaluation/plots/overlays/v_a.png", "evaluation/plots/overlays/v_b.png"}
+
+
+def test_a_held_out_split_is_scored_beside_val_into_the_report_and_the_run(project: tuple[Path, Params, str]) -> None:
+    root, params, run_id = project
+    _make_prepared(root / params.paths.prepared, holdout=True)
+    summary = evaluate(params, root)
+
+    report = json.loads((root / "metrics" / "eval.json").read_text())
+    held = report["splits"]["holdout"]
+    assert held["num_images"] == len(HOLDOUT) and held["num_pixels"] == sum((h - 2) * w for h, w in HOLDOUT.values())
+    expected = _independent_scores(root, params, "holdout")
+    assert held["miou"] == pytest.approx(expected["miou"], abs=1e-9)
+    assert held["allacc"] == pytest.approx(expected["allacc"], abs=1e-9)
+    assert report["num_images"] == len(VAL)  # val's own scores stay val's
+    assert report["miou"] == pytest.approx(_independent_scores(root, params)["miou"], abs=1e-9)
+    assert summary["holdout_miou"] == held["miou"]
+
+    metrics = mlflow.tracking.MlflowClient().get_run(run_id).data.metrics
+    assert metrics["holdout_miou"] == pytest.approx(held["miou"]) and metrics["holdout_allacc"] == pytest.approx(held["allacc"])
+    assert "holdout_iou_sky" in metrics and metrics["val_miou"] == pytest.approx(report["miou"])
+
+    # Not asked for: not scored.
+    only_val = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"extra_splits": ()})})
+    assert "holdout_miou" not in evaluate(only_val, root)
+    assert "splits" not in json.loads((root / "metrics" / "eval.json").read_text())
 
 
 def test_evaluate_fails_fast_without_run_ref(project: tuple[Path, Params, str]) -> None:

@@ -198,7 +198,11 @@ def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tupl
     torch.manual_seed(0)
     model = build_model(params.model, len(NAMES)).eval()
     make_candidate(root, params, model, "random")
+    eval_json = root / "metrics" / "eval.json"  # as evaluate writes it with a held-out split (tests/evaluate)
+    held = {"miou": 0.25, "macc": 0.5, "allacc": 0.75, "num_images": 3}
+    eval_json.write_text(json.dumps(json.loads(eval_json.read_text()) | {"splits": {"holdout": held}}))
     first = reg.run(params, root)
+    assert "| holdout | 3 | 0.2500 | 0.5000 | 0.7500 |" in (root / "reports" / "model_card.md").read_text()
     again = reg.run(params, root)
     assert again["version"] == first["version"] == "1"
     assert again["decision"] == "promoted" and "already the champion" in again["reason"]

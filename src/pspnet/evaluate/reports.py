@@ -46,13 +46,19 @@ def write_per_class_csv(path: Path, result: SegmentationMetrics, names: tuple[st
 
 
 def write_reports(
-    scored: Scored, dataset: SegmentationDataset, classes: ClassTable, overlay_alpha: float, paths: ReportPaths
+    scored: Scored,
+    dataset: SegmentationDataset,
+    classes: ClassTable,
+    overlay_alpha: float,
+    paths: ReportPaths,
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write the metrics JSON, the per-class CSV, the confusion matrix and the overlays of the
-    images ``scored`` kept; returns the metrics summary."""
+    """Write the metrics JSON (with the ``extra`` splits' summaries under ``splits``), the
+    per-class CSV, the confusion matrix and the overlays of the images ``scored`` kept; returns
+    the metrics summary."""
     result = scored.metrics
     summary = result.summary(classes.names)
-    atomic_files.write_json(paths.eval_metrics, {**summary, "num_images": len(dataset)})
+    atomic_files.write_json(paths.eval_metrics, {**summary, "num_images": len(dataset), **({"splits": extra} if extra else {})})
     write_per_class_csv(paths.per_class_iou, result, classes.names)
     plot_confusion_matrix(result.matrix, classes.names, paths.confusion_matrix,
                           title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
@@ -69,8 +75,17 @@ def write_reports(
     return summary
 
 
-def val_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The ``val_*`` metrics of a summary (mIoU, mAcc, allAcc and one IoU per class) for the tracking store."""
-    metrics = {f"val_{k}": v for k, v in summary.items() if k in TRACKED_SUMMARY}
-    metrics.update({f"val_iou_{safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
+def split_metrics(summary: dict[str, Any], split: str) -> dict[str, float]:
+    """The ``<split>_*`` metrics of a summary (mIoU, mAcc, allAcc and one IoU per class) for the tracking store."""
+    prefix = safe_name(split)
+    metrics = {f"{prefix}_{k}": v for k, v in summary.items() if k in TRACKED_SUMMARY}
+    metrics.update({f"{prefix}_iou_{safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
     return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+def val_metrics(summary: dict[str, Any], extra: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """The ``val_*`` metrics of a summary, and the ``<split>_*`` metrics of the ``extra`` splits' summaries."""
+    metrics = split_metrics(summary, SPLIT)
+    for split, split_summary in (extra or {}).items():
+        metrics.update(split_metrics(split_summary, split))
+    return metrics

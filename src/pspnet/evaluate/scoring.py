@@ -17,7 +17,7 @@ from torch import nn
 
 from pspnet.config import EvaluateConfig, ModelConfig, Params
 from pspnet.data.dataset import SegmentationDataset
-from pspnet.data.manifest import MANIFEST_FILE, load_dataset_record
+from pspnet.data.manifest import MANIFEST_FILE, load_dataset_record, read_manifest
 from pspnet.data.quarantine import excluded_ids
 from pspnet.data.transforms import eval_transform
 from pspnet.errors import DataError
@@ -47,20 +47,29 @@ def inference_tag(cfg: EvaluateConfig) -> str:
     return " ".join(parts)
 
 
-def split_dataset(params: Params, prepared: Path, quarantine: Path, model_cfg: ModelConfig) -> SegmentationDataset:
-    """The scored split (:data:`SPLIT`) of the prepared data at ``prepared``, normalised as
+def split_dataset(
+    params: Params, prepared: Path, quarantine: Path, model_cfg: ModelConfig, split: str = SPLIT
+) -> SegmentationDataset:
+    """Split ``split`` (default :data:`SPLIT`) of the prepared data at ``prepared``, normalised as
     ``model_cfg`` says (the model's own statistics, not necessarily today's params), without the
     samples of the quarantine list at ``quarantine`` (when ``validate.quarantine`` is on)."""
     dataset = SegmentationDataset(
         prepared,
-        SPLIT,
+        split,
         eval_transform(params.model_copy(update={"model": model_cfg})),
         exclude=excluded_ids(quarantine, params.validate_.quarantine),
         max_image_pixels=params.data.max_image_pixels,
     )
     if len(dataset) == 0:
-        raise DataError(f"{prepared / MANIFEST_FILE}: the '{SPLIT}' split is empty; nothing to evaluate.")
+        raise DataError(f"{prepared / MANIFEST_FILE}: the '{split}' split is empty; nothing to evaluate.")
     return dataset
+
+
+def extra_splits(prepared: Path, wanted: Sequence[str]) -> list[str]:
+    """The splits of ``wanted`` (``evaluate.extra_splits``), besides :data:`SPLIT`, that the
+    prepared data at ``prepared`` holds samples of, in ``wanted``'s order."""
+    present = set(read_manifest(prepared / MANIFEST_FILE)["split"])
+    return [split for split in dict.fromkeys(wanted) if split != SPLIT and split in present]
 
 
 @dataclass

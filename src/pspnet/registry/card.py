@@ -35,6 +35,18 @@ def weak_classes(scores: ImageScores, threshold: float) -> list[tuple[str, float
     return sorted([p for p in pairs if p[1] < threshold], key=lambda p: p[1])
 
 
+def _extra_split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The scores of the splits evaluated beside val (e.g. held-out sequences: new footage)."""
+    if not splits:
+        return []
+    lines = ["", "Other splits (`evaluate.extra_splits`; a held-out split shares no group with training):", "",
+             "| split | images | mIoU | mAcc | allAcc |", "|---|---|---|---|---|"]
+    for name, summary in splits.items():
+        lines.append(f"| {name} | {summary.get('num_images')} | {_num(summary.get('miou'))} | "
+                     f"{_num(summary.get('macc'))} | {_num(summary.get('allacc'))} |")
+    return lines
+
+
 def model_card(
     *,
     model_name: str,
@@ -67,6 +79,7 @@ def model_card(
     lines += [f"- {key}: `{value}`" for key, value in sorted(data.items())]
     lines += ["", "## Metrics (validation)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_num(v)} |" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    lines += _extra_split_lines(metrics.get("splits") or {})
     if gate.bootstrap is not None:
         boot = gate.bootstrap
         lines += [

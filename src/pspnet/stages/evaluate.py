@@ -20,8 +20,21 @@ from pspnet.device import resolve_device
 from pspnet.errors import PspnetError
 from pspnet.evaluate.plots import plot_training_curve
 from pspnet.evaluate.reports import ReportPaths, safe_name, val_metrics, write_reports
-from pspnet.evaluate.scoring import SPLIT, data_version, inference_tag, score_split, split_dataset
-from pspnet.layout import CONFUSION_MATRIX_FILE, EVAL_METRICS_FILE, OVERLAYS_DIR, PER_CLASS_IOU_FILE, Layout
+from pspnet.evaluate.scoring import (
+    SPLIT,
+    data_version,
+    extra_splits,
+    inference_tag,
+    score_split,
+    split_dataset,
+)
+from pspnet.layout import (
+    CONFUSION_MATRIX_FILE,
+    EVAL_METRICS_FILE,
+    OVERLAYS_DIR,
+    PER_CLASS_IOU_FILE,
+    Layout,
+)
 from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
 from pspnet.tracking.store import setup_mlflow
 
@@ -74,6 +87,28 @@ def _load_trained(layout: Layout, classes: ClassTable) -> Any:
     return ckpt
 
 
+def _score_extra_splits(
+    params: Params, layout: Layout, model: Any, model_cfg: Any, classes: ClassTable, device: Any
+) -> dict[str, dict[str, Any]]:
+    """``{split: summary}`` of the ``evaluate.extra_splits`` the prepared data has (e.g. the
+    held-out sequences of ``data.holdout``), scored as val is."""
+    summaries = {}
+    for split in extra_splits(layout.prepared, params.evaluate.extra_splits):
+        dataset = split_dataset(params, layout.prepared, layout.quarantine, model_cfg, split)
+        scored = score_split(
+            model, dataset, classes.names, classes.ignore_index, params.evaluate, device, data_version(layout.prepared),
+            num_workers=params.train.num_workers, desc=f"evaluate {split}",
+        )
+        summaries[split] = {**scored.metrics.summary(classes.names), "num_images": len(dataset)}
+        log.info("evaluate: %s mIoU %.4f over %d images", split, scored.metrics.miou, len(dataset))
+    return summaries
+
+
+def _headline(summary: dict[str, Any], extra: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The returned scores: val's, and ``<split>_miou`` of each extra split."""
+    return {**{key: summary[key] for key in RETURNED_METRICS}, **{f"{s}_miou": e["miou"] for s, e in extra.items()}}
+
+
 def _log_to_run(ref: RunRef, layout: Layout, metrics: dict[str, float], tags: dict[str, str]) -> None:
     """Log the scores and this stage's files into the train stage's run."""
     import mlflow
@@ -99,9 +134,11 @@ def _log_to_run(ref: RunRef, layout: Layout, metrics: dict[str, float], tags: di
 
 
 def run(params: Params, root: Path) -> dict[str, Any]:
-    """Stage ``evaluate``: score the checkpoint on the val split; write metrics and plots; log to MLflow.
+    """Stage ``evaluate``: score the checkpoint on the val split (and ``evaluate.extra_splits``);
+    write metrics and plots; log to MLflow.
 
-    Returns ``{"miou", "miou_absent_as_zero", "macc", "allacc", "num_images", "run_id", "seconds"}``.
+    Returns ``{"miou", "miou_absent_as_zero", "macc", "allacc", "<extra split>_miou" ...,
+    "num_images", "run_id", "seconds"}``.
     """
     started = time.perf_counter()
     root = Path(root)
@@ -122,16 +159,17 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         ckpt.model, dataset, classes.names, classes.ignore_index, cfg, device, data_version(layout.prepared),
         num_workers=params.train.num_workers, num_overlays=cfg.num_overlays, desc=f"evaluate {SPLIT}",
     )
+    extra = _score_extra_splits(params, layout, ckpt.model, ckpt.model_cfg, classes, device)
     paths = ReportPaths(layout.eval_metrics, layout.per_class_iou, layout.confusion_matrix, layout.overlays)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra)
     scored.images.save(layout.per_image_scores)
     plot_training_curve(layout.train_history, layout.training_curve)
-    _log_to_run(ref, layout, val_metrics(summary), {INFERENCE_TAG: inference_tag(cfg)})
+    _log_to_run(ref, layout, val_metrics(summary, extra), {INFERENCE_TAG: inference_tag(cfg)})
 
     seconds = round(time.perf_counter() - started, 2)
     log.info("evaluate: mIoU %.4f over %d images in %.1f s", scored.metrics.miou, len(dataset), seconds)
     return {
-        **{key: summary[key] for key in RETURNED_METRICS},
+        **_headline(summary, extra),
         "num_images": len(dataset),
         "run_id": ref.run_id,
         "seconds": seconds,
@@ -176,15 +214,16 @@ def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoad
         segmenter.model, dataset, classes.names, classes.ignore_index, cfg, device, data_version(layout.prepared),
         num_workers=params.train.num_workers, num_overlays=cfg.num_overlays, desc=f"evaluate {model}",
     )
+    extra = _score_extra_splits(params, layout, segmenter.model, model_cfg, classes, device)
     out = Path(out) if out is not None else layout.model_reports / safe_name(model)
     paths = ReportPaths(out / EVAL_METRICS_FILE, out / PER_CLASS_IOU_FILE, out / CONFUSION_MATRIX_FILE, out / OVERLAYS_DIR)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra)
 
     mlflow.set_experiment(params.mlflow.experiment_name)
     tags = {**run_tags(root), **dataset_tags(layout.prepared), MODEL_TAG: model, INFERENCE_TAG: inference_tag(cfg)}
     try:
         with mlflow.start_run(run_name=f"evaluate {model}", tags=tags) as run_info:
-            mlflow.log_metrics(val_metrics(summary))
+            mlflow.log_metrics(val_metrics(summary, extra))
             mlflow.log_artifacts(str(out), artifact_path=ARTIFACT_DIR)
     except mlflow.exceptions.MlflowException as err:
         raise PspnetError(f"could not log the evaluation of {model} into MLflow: {err}") from None
@@ -192,7 +231,7 @@ def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoad
     log.info("evaluate %s: mIoU %.4f over %d images in %.1f s", model, scored.metrics.miou, len(dataset), seconds)
     return {
         "model": model,
-        **{key: summary[key] for key in RETURNED_METRICS},
+        **_headline(summary, extra),
         "num_images": len(dataset),
         "out": str(out),
         "run_id": run_info.info.run_id,

@@ -11,8 +11,20 @@ from typing import Any
 from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE
-from pspnet.data.convert import WriteOptions, content_version, convert_source, failure_message
-from pspnet.data.manifest import DATASET_FILE, MANIFEST_FILE, REJECTED_FILE, write_manifest, write_rejected
+from pspnet.data.convert import (
+    WriteOptions,
+    content_version,
+    convert_source,
+    failure_message,
+)
+from pspnet.data.holdout import hold_out
+from pspnet.data.manifest import (
+    DATASET_FILE,
+    MANIFEST_FILE,
+    REJECTED_FILE,
+    write_manifest,
+    write_rejected,
+)
 from pspnet.data.sources import get_adapter
 from pspnet.data.sources.base import SourceData, SourceFolders
 from pspnet.errors import DataError
@@ -52,13 +64,13 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     fails on them, or quarantines them); a source without any convertible sample is an error.
     Returns ``{"prepared": path, "source": name, "num_samples": n, "splits": {split: n},
     "num_classes": c, "version": content hash, "rejected": n, "image_conversions": {mode: n},
-    "seconds": s}``.
+    "seconds": s}``. With ``data.holdout.groups`` set, the samples of those groups form their own split.
     """
     start = time.perf_counter()
     root = Path(root).resolve()
     name = params.data.source.name
     folders, inputs = source_folders(params, root)
-    data = get_adapter(name)(params, folders)
+    data, holdout = hold_out(get_adapter(name)(params, folders), params.data.holdout)
     target = root / params.paths.prepared
     options = WriteOptions.from_params(params, allowed_roots(data, Layout(root, params.paths).dvc_cache))
     with atomic_files.atomic_dir(target) as tmp:
@@ -87,6 +99,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
                 "num_rejected": len(rejected),
                 "non_rgb_images": options.non_rgb_images,
                 "image_conversions": converted.conversions,
+                **({"holdout": holdout} if holdout else {}),
             },
         )
     if len(rejected):
