@@ -118,6 +118,23 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 PIL_PIXEL_CAP = 178_956_970
 
 
+class ColorJitterConfig(StrictModel):
+    """Photometric augmentation (albumentations' ``ColorJitter``): each factor drawn uniformly in
+    ``[1 - x, 1 + x]`` (hue: a shift in ``[-hue, hue]`` of the colour circle), applied with
+    probability ``p``. Not in the paper's recipe (default off); it teaches a model footage of
+    other light (another day, another camera) than its training frames."""
+
+    brightness: Annotated[float, Field(ge=0, le=1)] = 0.0
+    contrast: Annotated[float, Field(ge=0, le=1)] = 0.0
+    saturation: Annotated[float, Field(ge=0, le=1)] = 0.0
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    p: Probability = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.p > 0 and any((self.brightness, self.contrast, self.saturation, self.hue))
+
+
 class HoldoutConfig(StrictModel):
     """A validation split of whole groups (e.g. CamVid sequences, a folder dataset's scenes or
     cameras) taken out of ``from_split``: frames of one group look alike, so a model scored on
@@ -282,6 +299,8 @@ class TrainConfig(StrictModel):
     blur_p: Probability = 0.5
     #: Random horizontal flip with probability 0.5.
     hflip: bool = True
+    #: Random brightness / contrast / saturation / hue changes (off by default, as in the paper).
+    color_jitter: ColorJitterConfig = ColorJitterConfig()
     #: Base learning rate (the encoder's). The paper uses 0.01 for an ImageNet-pretrained
     #: encoder at batch 16; the default here trains from scratch on the embedded data.
     lr: PositiveFloat = 0.05

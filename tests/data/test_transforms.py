@@ -157,6 +157,24 @@ def test_blur_is_a_5x5_gaussian_on_the_image_only() -> None:
     assert np.abs(got - image).max() > 50  # it did blur the colour edges
 
 
+def test_colour_jitter_changes_the_colours_only_and_is_off_by_default() -> None:
+    assert not any(type(step).__name__ == "ColorJitter" for step in train_transform(_params()).transforms)
+    jitter = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.05, "p": 1.0}
+    t = train_transform(_params(**{**PLAIN, "color_jitter": jitter}))
+    image, mask = _coded_sample(np.random.default_rng(6), h=40, w=48)
+    changes = []
+    for _ in range(4):
+        out = t(image=image, mask=mask)
+        np.testing.assert_array_equal(out["mask"].numpy(), mask)  # geometry untouched
+        got = _denormalise(out["image"])
+        changes.append(np.abs(got - image).mean())
+        # Every pixel of one colour still has one colour: a photometric change, no spatial mixing.
+        for label in range(len(PALETTE)):
+            if (mask == label).any():
+                assert np.ptp(got[mask == label], axis=0).max() <= 2.5  # uint8 HSV rounding
+    assert min(changes) > 1.0 and len(set(np.round(changes, 3))) == len(changes)  # changed, differently each time
+
+
 def test_padding_uses_mean_colour_and_ignore_label() -> None:
     # No scaling, a small image: the crop is all padding around the centred image.
     t = train_transform(_params(**PLAIN))

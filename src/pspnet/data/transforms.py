@@ -1,7 +1,7 @@
 """Albumentations pipelines for training and evaluation (the official PSPNet recipe).
 
 Train: random scale, rotation (mean-colour fill, ``ignore_index`` in the mask), Gaussian blur,
-horizontal flip, centred pad + random crop to ``train.crop_size``, normalise -> tensor; eval:
+optional colour jitter (``train.color_jitter``, not in the paper), horizontal flip, centred pad + random crop to ``train.crop_size``, normalise -> tensor; eval:
 normalise -> tensor. Masks are only resampled nearest-neighbour. Called as
 ``t(image=HxWx3 uint8, mask=HxW uint8)`` -> ``image`` float32 ``(3,H,W)``, ``mask`` ``(H,W)``.
 :func:`reseed` gives a pipeline one shared random stream (see :mod:`pspnet.train.sampling`).
@@ -75,6 +75,17 @@ def train_transform(params: Params) -> A.Compose:
                 blur_limit=(BLUR_KERNEL_SIZE, BLUR_KERNEL_SIZE),
                 sigma_limit=(BLUR_SIGMA, BLUR_SIGMA),
                 p=t.blur_p,
+            )
+        )
+    jitter = t.color_jitter
+    if jitter.active:
+        steps.append(
+            A.ColorJitter(
+                brightness=jitter.brightness,
+                contrast=jitter.contrast,
+                saturation=jitter.saturation,
+                hue=jitter.hue,
+                p=jitter.p,
             )
         )
     if t.hflip:
