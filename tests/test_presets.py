@@ -82,7 +82,9 @@ def test_the_report_gives_the_metrics_per_class_iou_and_the_command() -> None:
     assert "pspnet experiment camvid-cpu\n" in text and "train.epochs: 28" in text
     assert "split (beside val)" not in text  # no held-out split, no table
 
-    held = {"holdout": {"miou": 0.31, "miou_absent_as_zero": 0.31, "macc": 0.4, "allacc": 0.7, "num_images": 101}}
+    held = {"holdout": {"miou": 0.31, "miou_absent_as_zero": 0.31, "macc": 0.4, "allacc": 0.7, "num_images": 101,
+                        "per_class_iou": {"sky": 0.8, "pole": None}}}
     text = render_report(report | {"splits": held})
     assert text.startswith("# camvid-cpu: val mIoU 0.5000, holdout mIoU 0.3100")
     assert "| holdout | 101 | 0.3100 | 0.4000 | 0.7000 |" in text
+    assert "| class | val | holdout |\n| --- | ---: | ---: |\n| sky | 0.9000 | 0.8000 |\n| pole | 0.1000 | n/a |" in text

@@ -90,22 +90,27 @@ def run_repro(root: Path, name: str) -> float:
     return run_streamed(root, ["repro"], {RUN_NAME_ENV: name})
 
 
+def _in_order(per_class: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``per_class`` with the classes of ``order`` first, in that order."""
+    return {name: per_class[name] for name in order if name in per_class} | per_class
+
+
 def workspace_results(root: Path) -> dict[str, Any]:
     """What the last run left in the workspace: eval metrics, per-class IoU, training figures."""
     layout = Layout(root, load_params(root / DEFAULT_PARAMS_FILE).paths)
     evaluation = read_json(layout.eval_metrics)
     training = read_json(layout.train_metrics)
-    per_class = evaluation.get("per_class_iou", {})
     try:  # in class-id order, as the dataset defines them
-        order = ClassTable.load(layout.prepared / CLASSES_FILE).names
-        per_class = {name: per_class[name] for name in order if name in per_class} | per_class
+        order: tuple[str, ...] = ClassTable.load(layout.prepared / CLASSES_FILE).names
     except PspnetError:
-        pass
+        order = ()
+    per_class = _in_order(evaluation.get("per_class_iou", {}), order)
     return {
         **{k: evaluation.get(k) for k in EVAL_KEYS},
         "per_class_iou": per_class,
         # Splits scored beside val (evaluate.extra_splits), e.g. held-out sequences.
-        "splits": {name: {k: split.get(k) for k in (*EVAL_KEYS, "num_images")}
+        "splits": {name: {**{k: split.get(k) for k in (*EVAL_KEYS, "num_images")},
+                          "per_class_iou": _in_order(split.get("per_class_iou") or {}, order)}
                    for name, split in (evaluation.get("splits") or {}).items()},
         "train_seconds": training.get("seconds"),
         "epochs": training.get("epochs"),
@@ -183,6 +188,20 @@ def _split_lines(splits: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return ["| split (beside val) | images | mIoU | mAcc | allAcc |", "| --- | ---: | ---: | ---: | ---: |", *rows, ""]
 
 
+def _per_class_lines(per_class: Mapping[str, Any], splits: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per-class IoU of val, and of each other split beside it."""
+    others = [name for name, split in splits.items() if split.get("per_class_iou")]
+
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    rows = [f"| {name} | {cell(value)} |" + "".join(f" {cell(splits[o]['per_class_iou'].get(name))} |" for o in others)
+            for name, value in per_class.items()]
+    head = "| class | IoU |" if not others else "| class | val |" + "".join(f" {o} |" for o in others)
+    return ["Per-class IoU (val):" if not others else "Per-class IoU:", "", head,
+            "| --- | ---: |" + " ---: |" * len(others), *rows]
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     """A preset run as Markdown: what ran, the headline metrics and the per-class IoU."""
     per_class = report.get("per_class_iou") or {}
@@ -202,11 +221,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"{report['wall_seconds'] / 60:.1f} min |"),
         "",
         *_split_lines(splits),
-        "Per-class IoU (val):",
-        "",
-        "| class | IoU |",
-        "| --- | ---: |",
-        *(f"| {name} | {value:.4f} |" for name, value in per_class.items()),
+        *_per_class_lines(per_class, splits),
         "",
         "Settings (over `params.yaml`):",
         "",
