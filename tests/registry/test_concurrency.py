@@ -46,6 +46,8 @@ SETTINGS = {
 MODEL = "pspnet"
 #: Generous bounds for a subprocess (imports, export, logging on a busy 2-core machine).
 PROCESS_TIMEOUT = 600
+#: How often a wait for the log line also checks that the process still runs.
+POLL_SECONDS = 0.5
 #: What the waiting registration logs (pspnet.registry.lock).
 WAITING = "waiting for the promotion lock"
 
@@ -80,6 +82,7 @@ class Watched:
         self.proc = register_process(root, uri)
         self.lines: list[str] = []
         self.waiting = threading.Event()
+        self.ended = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -89,12 +92,16 @@ class Watched:
             self.lines.append(line)
             if WAITING in line:
                 self.waiting.set()
+        self.ended.set()  # stderr closed: the process is gone, waiting or not
 
     def log(self) -> str:
         return "".join(self.lines[-40:])
 
     def wait_until_waiting(self) -> None:
-        assert self.waiting.wait(PROCESS_TIMEOUT), "register never waited for the lock:\n" + self.log()
+        deadline = time.monotonic() + PROCESS_TIMEOUT
+        while not self.waiting.is_set() and not self.ended.is_set() and time.monotonic() < deadline:
+            self.waiting.wait(POLL_SECONDS)
+        assert self.waiting.is_set(), "register never waited for the lock:\n" + self.log()
 
     def finish(self) -> None:
         self.proc.wait(timeout=PROCESS_TIMEOUT)

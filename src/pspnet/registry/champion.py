@@ -33,6 +33,28 @@ class Incomparable(PspnetError):
     """The champion cannot be scored on the current data (e.g. it predicts other classes)."""
 
 
+#: Tries of an alias write that lost a race with another registration's (see :func:`set_alias`).
+ALIAS_WRITE_TRIES = 3
+#: How a unique-constraint violation reads in the store's error: SQLite, PostgreSQL, MySQL.
+UNIQUE_VIOLATION_MARKERS = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``. MLflow's alias write is a read-then-insert, not atomic: two
+    registrations setting the same alias at once can fail on the store's unique constraint (seen
+    on SQLite). The loser's retry finds the row and updates it, so the alias ends on the last writer."""
+    import mlflow
+
+    for attempt in range(1, ALIAS_WRITE_TRIES + 1):
+        try:
+            client.set_registered_model_alias(model_name, alias, version)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            if attempt == ALIAS_WRITE_TRIES or not any(m in str(err) for m in UNIQUE_VIOLATION_MARKERS):
+                raise
+            log.info("alias %s of %s: a concurrent write won the race; writing again", alias, model_name)
+
+
 def get_champion(client: Any, model_name: str, alias: str) -> Champion | None:
     """The version behind ``alias``; ``None`` if there is none (or no such model yet)."""
     from mlflow.exceptions import MlflowException

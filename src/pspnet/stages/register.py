@@ -22,7 +22,7 @@ from pspnet.evaluate.scores import ImageScores
 from pspnet.evaluate.scoring import data_version, inference_tag
 from pspnet.layout import Layout
 from pspnet.registry.card import model_card
-from pspnet.registry.champion import champion_scores, get_champion
+from pspnet.registry.champion import champion_scores, get_champion, set_alias
 from pspnet.registry.gate import PROMOTED
 from pspnet.registry.logged_model import find_existing_version, register_checkpoint, sha256_file
 from pspnet.registry.promotion import decide_and_promote
@@ -92,7 +92,7 @@ def _challenger(client: Any, params: Params, ckpt: Any, run_id: str, checkpoint_
     else:
         mv, logged_model_uri = register_checkpoint(ckpt, run_id, checkpoint_sha, cfg.model_name, cfg)
     version = str(mv.version)
-    client.set_registered_model_alias(cfg.model_name, cfg.challenger_alias, version)
+    set_alias(client, cfg.model_name, cfg.challenger_alias, version)
     return version, logged_model_uri
 
 
