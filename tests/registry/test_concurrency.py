@@ -8,7 +8,7 @@
   released, then promotes.
 - Leases: a live one names its holder when the wait times out; an expired one (a crashed
   holder) is broken; a broken holder notices before acting; a foreign model under the lock's
-  name is refused.
+  name is refused; a lock released while it is being read (a torn read) is not.
 """
 
 from __future__ import annotations
@@ -224,3 +224,35 @@ def check_lease_rules(client: MlflowClient, caplog: pytest.LogCaptureFixture) ->
         lock.acquire(client, MODEL, timeout=1, lease_seconds=600)
     assert client.get_registered_model(name).name == name
     client.delete_registered_model(name)
+
+
+class TornRead:
+    """A real client whose first read of ``name`` races a release: the lock is deleted between
+    the store's model query and its tags query, so that read returns the model without tags."""
+
+    def __init__(self, client: MlflowClient, name: str) -> None:
+        self.client, self.name, self.torn = client, name, False
+
+    def get_registered_model(self, name: str):  # noqa: ANN201 - MLflow's RegisteredModel
+        model = self.client.get_registered_model(name)
+        if name == self.name and not self.torn:
+            self.torn = True
+            self.client.delete_registered_model(name)  # the holder releases between the two queries
+            model._tags = {}
+        return model
+
+    def __getattr__(self, attr: str):  # noqa: ANN204 - everything else goes to the real client
+        return getattr(self.client, attr)
+
+
+def test_a_lock_released_while_being_read_is_not_called_foreign(store: str) -> None:
+    client = MlflowClient()
+    held = lock.acquire(client, MODEL, timeout=1, lease_seconds=600, purpose="releasing")
+    torn = TornRead(client, held.name)
+    assert lock.read_lease(torn, held.name) is None
+    assert torn.torn
+    # And a waiter that meets the torn read takes the lock instead of failing.
+    held = lock.acquire(client, MODEL, timeout=1, lease_seconds=600, purpose="releasing")
+    mine = lock.acquire(TornRead(client, held.name), MODEL, timeout=5, lease_seconds=600, purpose="next")
+    assert lock.read_lease(client, held.name).token == mine.token
+    lock.release(client, mine)

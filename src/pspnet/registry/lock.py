@@ -39,6 +39,8 @@ TAG_EXPIRES = "lock.expires_at"
 #: First and largest pause between attempts while the lock is taken (seconds); jittered.
 FIRST_DELAY = 0.2
 MAX_DELAY = 5.0
+#: Reads of a tagless model under the lock's name before it is called foreign (torn reads, see read_lease).
+TORN_READ_ATTEMPTS = 3
 #: While waiting, say so again this often (seconds).
 WAIT_LOG_EVERY = 30.0
 #: MLflow error codes: the name is taken / there is no such registered model.
@@ -79,32 +81,46 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def read_lease(client: Any, name: str) -> Lease | None:
-    """The lease held under ``name``, or ``None`` when nobody holds it."""
+def _read_tags(client: Any, name: str) -> dict[str, str] | None:
+    """The tags of registered model ``name``, or ``None`` when it does not exist."""
     from mlflow.exceptions import MlflowException
 
     try:
-        model = client.get_registered_model(name)
+        return dict(client.get_registered_model(name).tags or {})
     except MlflowException as err:
         if err.error_code == _ABSENT:
             return None
         raise
-    tags = dict(model.tags or {})
-    try:
-        return Lease(
-            name=name,
-            token=tags[TAG_TOKEN],
-            holder=tags.get(TAG_HOLDER, "?"),
-            purpose=tags.get(TAG_PURPOSE, "?"),
-            acquired_at=datetime.fromisoformat(tags[TAG_ACQUIRED]),
-            expires_at=datetime.fromisoformat(tags[TAG_EXPIRES]),
-        )
-    except (KeyError, ValueError):
-        raise PspnetError(
-            f"registered model {name!r} exists but is not a promotion lock (its tags {sorted(tags)} lack "
-            f"{TAG_TOKEN} / {TAG_EXPIRES}). The name is reserved for the lock: rename or delete that model "
-            f"(MlflowClient().delete_registered_model({name!r}))."
-        ) from None
+
+
+def read_lease(client: Any, name: str) -> Lease | None:
+    """The lease held under ``name``, or ``None`` when nobody holds it.
+
+    A model without the lock's tags is read again a few times before it is called foreign: the
+    SQL store reads a model and its tags in two queries, so a lock deleted between them reads
+    as a tagless model for an instant.
+    """
+    for attempt in range(TORN_READ_ATTEMPTS):
+        tags = _read_tags(client, name)
+        if tags is None:
+            return None
+        try:
+            return Lease(
+                name=name,
+                token=tags[TAG_TOKEN],
+                holder=tags.get(TAG_HOLDER, "?"),
+                purpose=tags.get(TAG_PURPOSE, "?"),
+                acquired_at=datetime.fromisoformat(tags[TAG_ACQUIRED]),
+                expires_at=datetime.fromisoformat(tags[TAG_EXPIRES]),
+            )
+        except (KeyError, ValueError):
+            if attempt + 1 < TORN_READ_ATTEMPTS:
+                time.sleep(FIRST_DELAY)
+    raise PspnetError(
+        f"registered model {name!r} exists but is not a promotion lock (its tags {sorted(tags)} lack "
+        f"{TAG_TOKEN} / {TAG_EXPIRES}). The name is reserved for the lock: rename or delete that model "
+        f"(MlflowClient().delete_registered_model({name!r}))."
+    )
 
 
 def _delete(client: Any, name: str) -> None:
