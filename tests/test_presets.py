@@ -88,3 +88,25 @@ def test_the_report_gives_the_metrics_per_class_iou_and_the_command() -> None:
     assert text.startswith("# camvid-cpu: val mIoU 0.5000, holdout mIoU 0.3100")
     assert "| holdout | 101 | 0.3100 | 0.4000 | 0.7000 |" in text
     assert "| class | val | holdout |\n| --- | ---: | ---: |\n| sky | 0.9000 | 0.8000 |\n| pole | 0.1000 | n/a |" in text
+
+    curve = [{"epoch": 4, "train_minutes": 3.2, "val": 0.21, "holdout": 0.15},
+             {"epoch": 8, "train_minutes": 6.4, "val": 0.33, "holdout": 0.2}]
+    text = render_report(report | {"curve": curve, "curve_figure": "camvid-cpu-curve.png"})
+    assert "![learning curve](camvid-cpu-curve.png)" in text
+    assert "| epoch | training minutes | val | holdout |" in text and "| 8 | 6.4 | 0.3300 | 0.2000 |" in text
+    assert "Time to accuracy" not in render_report(report)
+
+
+def test_the_learning_curve_figure_is_drawn_from_the_csv_or_says_why_not(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pspnet.evaluate.plots import plot_learning_curve
+    from pspnet.train.curve import CurvePoint, curve_csv
+
+    path = tmp_path / "train_curve.csv"
+    path.write_text(curve_csv([CurvePoint(4, 190.0, {"val": 0.2, "val_raw": 0.19}), CurvePoint(8, 380.0, {"val": 0.3, "val_raw": 0.28})]))
+    drawn = plot_learning_curve(path, tmp_path / "curve.png")
+    assert Image.open(drawn).size == (700, 400)
+    path.write_text(curve_csv([]))
+    empty = plot_learning_curve(path, tmp_path / "empty.png")
+    assert Image.open(empty).size == (600, 250)  # a message figure, not an error

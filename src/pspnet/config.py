@@ -370,6 +370,16 @@ class TrainConfig(StrictModel):
     #: ``auto``: continue from the newest resume checkpoint of the same configuration and data,
     #: if there is one; ``never``: always start from scratch.
     resume: Literal["auto", "never"] = "auto"
+    #: Exponential moving average of the weights and BatchNorm statistics, updated after every
+    #: optimizer step (decay per step); the saved model is the average. 0 turns it off.
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Learning curve: score ``curve_splits`` every this many epochs and after the last (whole
+    #: image, single scale, no flip; not counted as training time). 0 turns it off.
+    curve_every_n_epochs: NonNegativeInt = 0
+    #: Images per split for a curve point, evenly spaced over the split (0: all of them).
+    curve_images: NonNegativeInt = 32
+    #: Splits the curve scores, those the prepared data holds (``holdout``: ``data.holdout``).
+    curve_splits: tuple[str, ...] = ("val", "holdout")
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,8 @@ TRAIN_STATE_DIR = "train_state"
 # Under paths.metrics
 TRAIN_METRICS_FILE = "train.json"
 TRAIN_HISTORY_FILE = "train_history.csv"
+#: The learning curve: mIoU by split against training minutes (empty without train.curve_every_n_epochs).
+TRAIN_CURVE_FILE = "train_curve.csv"
 EVAL_METRICS_FILE = "eval.json"
 PER_CLASS_IOU_FILE = "per_class_iou.csv"
 PER_IMAGE_SCORES_FILE = "per_image.npz"
@@ -103,6 +105,10 @@ class Layout:
     @property
     def train_history(self) -> Path:
         return self.metrics / TRAIN_HISTORY_FILE
+
+    @property
+    def train_curve(self) -> Path:
+        return self.metrics / TRAIN_CURVE_FILE
 
     @property
     def eval_metrics(self) -> Path:

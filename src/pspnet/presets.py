@@ -11,6 +11,8 @@ failure.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shlex
@@ -38,6 +40,7 @@ from pspnet.config import (
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import ConfigError, PspnetError
+from pspnet.evaluate.plots import plot_learning_curve
 from pspnet.layout import PRESETS_DIR, RESULTS_DIR, Layout
 from pspnet.ops import import_data as data_import
 from pspnet.ops.dvc import format_value, run_streamed
@@ -117,7 +120,16 @@ def workspace_results(root: Path) -> dict[str, Any]:
         "device": training.get("device"),
         "amp": training.get("amp"),
         "mlflow_run_id": read_json(layout.run_ref).get("run_id"),
+        "curve": _curve_rows(layout.train_curve),
     }
+
+
+def _curve_rows(path: Path) -> list[dict[str, float]]:
+    """``train_curve.csv`` as rows of numbers (none when the run scored no curve)."""
+    if not path.is_file():
+        return []
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in rows]
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,6 +214,23 @@ def _per_class_lines(per_class: Mapping[str, Any], splits: Mapping[str, Mapping[
             "| --- | ---: |" + " ---: |" * len(others), *rows]
 
 
+def _curve_lines(report: Mapping[str, Any]) -> list[str]:
+    """Time to accuracy: the learning curve's figure and points (mIoU against training minutes)."""
+    rows = report.get("curve") or []
+    if not rows:
+        return []
+    splits = [k for k in rows[0] if k not in ("epoch", "train_minutes")]
+    table = [f"| {int(r['epoch'])} | {r['train_minutes']:.1f} |" + "".join(f" {r[s]:.4f} |" if s in r else " |" for s in splits)
+             for r in rows]
+    return [
+        "Time to accuracy (the learning curve: whole image, single scale, no flip, on the evenly spaced "
+        "subset of each split that `train.curve_images` sets; `_raw`: the weights before averaging):",
+        "", f"![learning curve]({report['curve_figure']})", "",
+        "| epoch | training minutes |" + "".join(f" {s} |" for s in splits),
+        "| ---: | ---: |" + " ---: |" * len(splits), *table, "",
+    ]
+
+
 def render_report(report: Mapping[str, Any]) -> str:
     """A preset run as Markdown: what ran, the headline metrics and the per-class IoU."""
     per_class = report.get("per_class_iou") or {}
@@ -221,6 +250,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"{report['wall_seconds'] / 60:.1f} min |"),
         "",
         *_split_lines(splits),
+        *_curve_lines(report),
         *_per_class_lines(per_class, splits),
         "",
         "Settings (over `params.yaml`):",
@@ -275,6 +305,10 @@ def run_preset(
         **results,
         "wall_seconds": round(seconds, 1),
     }
+    if report["curve"]:
+        figure = plot_learning_curve(Layout(root, params.paths).train_curve, out_path.with_name(f"{out_path.name}-curve.png"),
+                                     title=f"{stem}: mIoU against training minutes")
+        report["curve_figure"] = figure.name
     atomic_files.write_json(out_path.with_suffix(".json"), report)
     atomic_files.write_text(out_path.with_suffix(".md"), render_report(report))
     return {**{k: report[k] for k in ("experiment", "miou", "data_version")}, "report": str(out_path.with_suffix(".md"))}

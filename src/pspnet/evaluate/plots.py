@@ -1,4 +1,4 @@
-"""Evaluation figures as PNG files: confusion matrix, training curve, prediction overlays.
+"""Evaluation figures as PNG files: confusion matrix, training and learning curves, prediction overlays.
 
 Image plots rather than DVC's Vega plots because ``dvc plots show`` loads Vega from a CDN and
 renders blank offline, while PNGs show anywhere. Figures use matplotlib's object API on an
@@ -92,6 +92,31 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
 
 def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
     return pd.to_numeric(frame[column], errors="coerce")
+
+
+def plot_learning_curve(curve_csv: str | Path, path: str | Path, title: str = "Learning curve") -> Path:
+    """mIoU of each scored split (``train_curve.csv``'s columns after ``train_minutes``) against
+    training minutes; ``*_raw`` columns (the weights before averaging) dashed."""
+    curve_csv = Path(curve_csv)
+    try:
+        frame = pd.read_csv(curve_csv)
+    except (OSError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return plot_message(path, title, f"no learning curve ({curve_csv.name} missing or empty)")
+    splits = [str(c) for c in frame.columns if c not in ("epoch", "train_minutes")]
+    if frame.empty or not splits:
+        return plot_message(path, title, f"no learning curve in {curve_csv.name} (train.curve_every_n_epochs is 0)")
+    fig = _new_figure(7, 4)
+    ax = fig.add_subplot()
+    for split in splits:
+        ax.plot(frame["train_minutes"], _numeric(frame, split), marker="o", label=split,
+                linestyle="--" if split.endswith("_raw") else "-")
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("mIoU")
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save_figure(fig, path)
 
 
 def plot_training_curve(history_csv: str | Path, path: str | Path) -> Path:

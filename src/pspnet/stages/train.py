@@ -2,7 +2,7 @@
 and track it in MLflow.
 
 Writes the checkpoint, the :class:`~pspnet.tracking.runs.RunRef` that ``evaluate`` and
-``register`` reopen, ``train.json`` and ``train_history.csv`` (paths: :class:`pspnet.layout.Layout`),
+``register`` reopen, ``train.json``, ``train_history.csv`` and ``train_curve.csv`` (paths: :class:`pspnet.layout.Layout`),
 each atomically and only once training finished, so a failed run leaves the previous outputs.
 """
 
@@ -29,6 +29,7 @@ from pspnet.layout import CHECKPOINT_FILE, Layout
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
 from pspnet.tracking.store import setup_mlflow
+from pspnet.train.curve import CurvePoint, curve_csv
 from pspnet.train.distributed import Distributed, torchrun_command
 from pspnet.train.loop import EpochStats, history_csv
 from pspnet.train.signals import SIGNAL_EXIT_BASE, TrainingInterrupted, stop_requests
@@ -106,6 +107,11 @@ class MlflowEvents:
             {"train_loss": stats.loss, "lr": stats.lr, "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second},
             step=stats.epoch,
         )
+
+    def curve_point(self, point: CurvePoint) -> None:
+        import mlflow
+
+        mlflow.log_metrics({f"curve_{split}_miou": miou for split, miou in point.miou.items()}, step=point.epoch)
 
 
 def _open_run(run_id: str | None, experiment_id: str, tags: dict[str, str]) -> Any:
@@ -198,10 +204,12 @@ def _write_outputs(layout: Layout, trainer: Trainer, classes: ClassTable, summar
         "mlflow_run_id": run_id,
         "resumed_from_steps": trainer.resumes,
     }
-    save_checkpoint(layout.checkpoint, trainer.model, trainer.params.model, classes.num_classes, meta)
+    save_checkpoint(layout.checkpoint, trainer.final_model, trainer.params.model, classes.num_classes, meta)
     atomic_files.write_text(layout.train_history, history_csv(trainer.history))
+    atomic_files.write_text(layout.train_curve, curve_csv(trainer.curve))
     atomic_files.write_json(layout.train_metrics, summary)
     mlflow.log_metrics({"final_loss": summary["final_loss"], "train_seconds": trainer.training_seconds})
     mlflow.log_artifact(str(layout.checkpoint), artifact_path="checkpoint")
     mlflow.log_artifact(str(layout.train_metrics), artifact_path="metrics")
     mlflow.log_artifact(str(layout.train_history), artifact_path="metrics")
+    mlflow.log_artifact(str(layout.train_curve), artifact_path="metrics")

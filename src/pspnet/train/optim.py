@@ -1,5 +1,5 @@
 """SGD with two learning rates, the poly schedule and an optional linear warm-up (the paper's
-training recipe), and encoder freezing.
+training recipe), encoder freezing, and weight averaging (EMA, off in the paper).
 
 - Group ``encoder``: the (pretrainable) ResNet at ``train.lr``.
 - Group ``new``: PPM, head and auxiliary head at ``train.lr * train.head_lr_multiplier`` (x10).
@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import SGD
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pspnet.config import TrainConfig
 from pspnet.model.pspnet import PSPNet
@@ -113,3 +114,9 @@ def describe_groups(optimizer: torch.optim.Optimizer) -> str:
         parts.append(f"{g.get('name', i)} {n:,} params at lr {g.get('initial_lr', g['lr']):.3g}")
     return "; ".join(parts)
 
+
+def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers (``None`` when ``decay`` is 0)."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)

@@ -45,14 +45,15 @@ STATE_FORMAT = "pspnet-train-state"
 STATE_VERSION = 1
 _STATE_NAME = re.compile(r"step-(\d+)\.pt")
 #: ``train.*`` fields that do not change what is computed, so a state saved under other values
-#: of them still resumes (where to run, how often to save or log, how many loader workers, and
-#: how the same arithmetic is laid out and scheduled on the hardware: memory order,
-#: compilation, cuDNN kernel choice, activation recomputation). Precision and
+#: of them still resumes (where to run, how often to save, log or score the learning curve, how
+#: many loader workers, and how the same arithmetic is laid out and scheduled on the hardware:
+#: memory order, compilation, cuDNN kernel choice, activation recomputation). Precision and
 #: ``accumulate_steps`` do change it, so they are part of the fingerprint.
 NON_NUMERIC_TRAIN_FIELDS = frozenset(
     {
         "device", "num_workers", "log_every_n_steps", "checkpoint_every_n_steps", "keep_checkpoints", "resume",
         "channels_last", "compile", "cudnn_benchmark", "grad_checkpoint", "nproc_per_node",
+        "curve_every_n_epochs", "curve_images",
     }
 )  # fmt: skip
 

@@ -33,6 +33,7 @@ from pspnet.train.accel import (
     resolve_channels_last,
     resolve_precision,
 )
+from pspnet.train.curve import CurvePoint, CurveScorer, curve_due
 from pspnet.train.distributed import Distributed, wrap_model
 from pspnet.train.loop import (
     EpochPlan,
@@ -43,7 +44,7 @@ from pspnet.train.loop import (
     train_one_epoch,
 )
 from pspnet.train.loss import format_weights
-from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder
+from pspnet.train.optim import build_optimizer, build_scheduler, freeze_encoder, make_ema
 from pspnet.train.recipe import (
     build_criterion,
     describe_recipe,
@@ -74,6 +75,9 @@ class TrainingEvents(Protocol):
 
     def epoch_end(self, stats: EpochStats) -> None:
         """An epoch finished."""
+
+    def curve_point(self, point: CurvePoint) -> None:
+        """The learning curve was scored after an epoch (``train.curve_every_n_epochs``)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ class Trainer:
         self.data_version = data_version(inputs.prepared)
         self.fields = fingerprint_fields(params, self.dataset.ids, self.data_version, ctx.world_size)
         self.history: list[EpochStats] = []
+        self.curve: list[CurvePoint] = []
         self.window: list[float] = []  # step losses since the last report
         self.resumes: list[int] = []  # global steps this run resumed from
         self.progress: EpochProgress | None = None
@@ -159,6 +164,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.max_iter, t.poly_power, t.warmup_iters, t.warmup_ratio)
         self.scaler = make_scaler(self.precision, device)
         self.network = compile_model(parallel, t.compile, device)  # what the loop calls; `model` holds the state
+        self.ema = make_ema(self.model, t.ema_decay) if ctx.is_main else None
+        self.scorer = (
+            CurveScorer(self.params, self.inputs.prepared, classes, self.inputs.excluded, device)
+            if t.curve_every_n_epochs and ctx.is_main else None
+        )  # fmt: skip
 
     def _find_state(self) -> SavedState | None:
         """The resume checkpoint to continue from (``train.resume: auto``); clears those of another run."""
@@ -178,8 +188,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
         restore_rng(state["rng"])
         self.history = [EpochStats.from_json(h) for h in state["history"]]
+        self.curve = [CurvePoint.from_json(c) for c in state.get("curve", [])]
         self.window = list(state["window"])
         self.resumes = [*state["resumes"], saved.global_step]
         progress = self.progress = EpochProgress.from_json(state["epoch_progress"])
@@ -226,6 +239,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,  # fp16 only
                 "rng": capture_rng(),
                 "history": [h.to_json() for h in self.history],
+                "curve": [c.to_json() for c in self.curve],
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "window": list(self.window),
                 "resumes": list(self.resumes),
                 "mlflow_run_id": self.run_id,
@@ -275,9 +290,22 @@ class Trainer:
                         epoch, t.epochs, stats.loss, stats.lr, stats.seconds, stats.images_per_second,
                     )  # fmt: skip
                     events.epoch_end(stats)
+                    if self.scorer is not None and curve_due(epoch, t.epochs, t.curve_every_n_epochs):
+                        events.curve_point(self._score_curve(epoch))
         except TrainingDiverged as err:
             raise TrainingDiverged(f"{err} {self._last_good()}") from None
         return self.history
+
+    @property
+    def final_model(self) -> torch.nn.Module:
+        """The model to save: the weight average when ``train.ema_decay`` is on, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _score_curve(self, epoch: int) -> CurvePoint:
+        """A learning-curve point after ``epoch`` (the average, and the raw weights beside it)."""
+        raw = self.model if self.ema is not None else None
+        self.curve.append(self.scorer.point(epoch, self.training_seconds, self.final_model, raw))
+        return self.curve[-1]
 
     def _log_start(self) -> None:
         t = self.params.train
@@ -305,6 +333,8 @@ class Trainer:
                     " (includes torch.compile's compilation)" if t.compile else "",
                 )  # fmt: skip
                 events.first_step(self.first_step_seconds, at.global_step)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.window.append(loss)
             if at.global_step % t.log_every_n_steps == 0:
                 events.steps_logged(sum(self.window) / len(self.window), at.lr, at.global_step)
