@@ -24,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid ui lock clean
+.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid readme ui lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -119,6 +119,9 @@ import-data: install  ## bring data.source (params.yaml) under DVC: dvc import-u
 
 run-camvid: install  ## CamVid from scratch in 30 min on 2 CPU cores -> docs/results/camvid-cpu.md (CAMVID=/path/to/CamVid)
 	pspnet experiment camvid-cpu $(if $(CAMVID),--set data.source.location=$(CAMVID))
+
+readme: install  ## rewrite the README's generated result lines from docs/results/*.json
+	python -c "from pspnet.presets import sync_readme; print('rewritten:', sync_readme('.'))"
 
 ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -110,3 +111,40 @@ def test_the_learning_curve_figure_is_drawn_from_the_csv_or_says_why_not(tmp_pat
     path.write_text(curve_csv([]))
     empty = plot_learning_curve(path, tmp_path / "empty.png")
     assert Image.open(empty).size == (600, 250)  # a message figure, not an error
+
+
+def test_the_readme_figures_are_those_of_the_reports(tmp_path: Path) -> None:
+    from pspnet.presets import readme_line, sync_readme
+
+    (tmp_path / "docs").mkdir()
+    shutil.copytree(REPO_ROOT / "docs" / "results", tmp_path / "docs" / "results")
+    shutil.copy2(REPO_ROOT / "README.md", tmp_path / "README.md")
+    assert sync_readme(tmp_path) == ["camvid-cpu"]
+    assert (tmp_path / "README.md").read_text() == (REPO_ROOT / "README.md").read_text(), "run `make readme`"
+
+    report = json.loads((REPO_ROOT / "docs/results/camvid-cpu.json").read_text())
+    stale = (REPO_ROOT / "README.md").read_text().replace(readme_line(report, "docs/results/camvid-cpu.md"), "val mIoU 0.999")
+    (tmp_path / "README.md").write_text(stale)
+    sync_readme(tmp_path)
+    assert f"val mIoU **{report['miou']:.3f}**" in (tmp_path / "README.md").read_text()
+
+
+def test_runs_are_grouped_into_recipes_over_seeds(tmp_path: Path) -> None:
+    from pspnet.comparison import compare_reports
+
+    def report(seed: int, miou: float, held: float, **extra: object) -> dict:
+        settings = {"train.epochs": 28, "data.source.location": f"/data/{seed}", **extra}
+        if seed:
+            settings["train.seed"] = seed
+        return {"settings": settings, "miou": miou, "splits": {"holdout": {"miou": held}}, "train_seconds": 1200.0,
+                "curve": [{"epoch": 28, "train_minutes": 20.0, "holdout": 0.3, "holdout_raw": 0.29}]}
+
+    runs = {"old-s0": report(0, 0.43, 0.26), "old-s1": report(1, 0.45, 0.28),
+            "new-s0": report(0, 0.46, 0.30, **{"train.ema_decay": 0.99})}
+    for name, body in runs.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(body))
+    out = compare_reports([tmp_path / f"{n}.json" for n in runs], tmp_path / "cmp" / "recipes.md", "CamVid")
+    text = out.read_text()
+    assert "| baseline | 0, 1 | 0.4400 ± 0.0141 [0.4300, 0.4500] | 0.2700 ± 0.0141 [0.2600, 0.2800] | 20.0 |" in text
+    assert "| train.ema_decay=0.99 | 0 | 0.4600 (one seed) | 0.3000 (one seed) | 20.0 |" in text
+    assert "| [new-s0](../new-s0.md) | 0 | 0.4600 | 0.3000 | 20.0 | holdout 0.300, holdout_raw 0.290 |" in text

@@ -163,6 +163,20 @@ def experiment_command(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("compare")
+def compare_command(
+    reports: Annotated[list[Path], typer.Argument(help="Report JSONs of `pspnet experiment` runs (docs/results/*.json).")],
+    out: Annotated[Path, typer.Option(help="The Markdown to write.")],
+    title: Annotated[str, typer.Option(help="Its heading.")] = "Recipes compared over seeds",
+) -> None:
+    """Group runs that differ only in train.seed into recipes and write mean ± std of val and
+    held-out mIoU per recipe, then every run (see pspnet.comparison)."""
+    from pspnet.comparison import compare_reports
+
+    with exits_on_error("compare"):
+        typer.echo(compare_reports(reports, out, title))
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     """``"473"`` -> (473, 473); ``"512x1024"`` -> (512, 1024) (height x width)."""
     parts = text.lower().split("x")

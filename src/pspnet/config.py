@@ -284,6 +284,9 @@ class TrainConfig(StrictModel):
     the paper's augmentation, and optional warm-up, class weights, OHEM and a frozen encoder."""
 
     seed: NonNegativeInt = 0
+    #: Splits trained on. ``[train, val]`` makes a final model once the recipe is fixed: its val
+    #: score then measures training data, so judge it on a held-out split (``data.holdout``).
+    splits: Annotated[tuple[str, ...], Field(min_length=1)] = ("train",)
     epochs: PositiveInt = 30
     batch_size: PositiveInt = 8
     #: Random crop (height, width) taken after random scaling; padded with ignore where needed.

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -52,6 +53,9 @@ from pspnet.tracking.store import check_tracking_store
 PRESET_SUFFIX = ".yaml"
 #: Metrics copied from ``metrics/eval.json`` into a report.
 EVAL_KEYS = ("miou", "miou_absent_as_zero", "macc", "allacc")
+README_FILE = "README.md"
+#: A README span that :func:`sync_readme` fills from ``RESULTS_DIR/<name>.json``.
+RESULT_SPAN = re.compile(r"<!-- result:([\w.-]+) -->")
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +227,8 @@ def _curve_lines(report: Mapping[str, Any]) -> list[str]:
     table = [f"| {int(r['epoch'])} | {r['train_minutes']:.1f} |" + "".join(f" {r[s]:.4f} |" if s in r else " |" for s in splits)
              for r in rows]
     return [
-        "Time to accuracy (the learning curve: whole image, single scale, no flip, on the evenly spaced "
-        "subset of each split that `train.curve_images` sets; `_raw`: the weights before averaging):",
+        ("Time to accuracy (the learning curve: whole image, single scale, no flip, on the evenly spaced "
+         "subset of each split that `train.curve_images` sets; `_raw`: the weights before averaging):"),
         "", f"![learning curve]({report['curve_figure']})", "",
         "| epoch | training minutes |" + "".join(f" {s} |" for s in splits),
         "| ---: | ---: |" + " ---: |" * len(splits), *table, "",
@@ -275,6 +279,28 @@ def render_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def readme_line(report: Mapping[str, Any], report_path: str) -> str:
+    """A preset's headline for the README, from its report: the numbers are never typed by hand."""
+    splits = "".join(f", {name} mIoU **{split['miou']:.3f}**" for name, split in (report.get("splits") or {}).items())
+    return (f"`pspnet experiment {report['preset']}` ({report['epochs']} epochs, {report['train_seconds'] / 60:.1f} training "
+            f"minutes, {report['machine']}): val mIoU **{report['miou']:.3f}**{splits} ([report]({report_path}), "
+            f"run of {report['date']}).")
+
+
+def sync_readme(root: Path) -> list[str]:
+    """Rewrite each ``<!-- result:NAME -->...<!-- /result -->`` span of ``root/README.md`` from
+    ``RESULTS_DIR/NAME.json``; returns the names rewritten."""
+    readme = Path(root) / README_FILE
+    text = readme.read_text(encoding="utf-8")
+    names = RESULT_SPAN.findall(text)
+    for name in names:
+        report_path = f"{RESULTS_DIR}/{name}"
+        line = readme_line(read_json(Path(root) / f"{report_path}.json"), f"{report_path}.md")
+        text = re.sub(rf"(<!-- result:{re.escape(name)} -->).*?(<!-- /result -->)", lambda m, line=line: f"{m[1]}{line}{m[2]}", text, flags=re.DOTALL)
+    atomic_files.write_text(readme, text)
+    return names
+
+
 def run_preset(
     root: Path, preset: str, name: str | None = None, out: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -311,4 +337,7 @@ def run_preset(
         report["curve_figure"] = figure.name
     atomic_files.write_json(out_path.with_suffix(".json"), report)
     atomic_files.write_text(out_path.with_suffix(".md"), render_report(report))
+    readme = root / README_FILE
+    if out is None and readme.is_file() and f"<!-- result:{stem} -->" in readme.read_text(encoding="utf-8"):
+        sync_readme(root)  # the canonical report changed: so does the README's figure
     return {**{k: report[k] for k in ("experiment", "miou", "data_version")}, "report": str(out_path.with_suffix(".md"))}

@@ -74,3 +74,10 @@ def test_a_stop_request_saves_the_state_and_stops_after_the_step(project: Path) 
 
     resumed = _trainer(project, _params())  # the next session continues after step 1
     assert resumed.resumed_run_id == "run-2" and resumed.resumes == [1]
+
+
+def test_a_final_model_trains_on_train_and_val_together(project: Path) -> None:
+    trainer = _trainer(project, _params(splits=["train", "val"], epochs=1))
+    assert len(trainer.dataset) == 10 and trainer.dataset.split == "train+val"  # 8 train + 2 val
+    assert set(trainer.dataset.ids) == {f"train_{i:03d}" for i in range(8)} | {"val_000", "val_001"}
+    assert trainer.resolved_settings()["data.train_samples"] == 10

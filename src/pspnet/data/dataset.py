@@ -10,7 +10,7 @@ quarantine list (:func:`pspnet.data.quarantine.excluded_ids`) are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __init__(
         self,
         prepared_dir: str | Path,
-        split: str,
+        split: str | Sequence[str],
         transform: Transform | None = None,
         *,
         exclude: Collection[str] = frozenset(),
@@ -106,7 +106,7 @@ class SegmentationDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                         "folder; it is not read. Fix: manifest paths must be relative to the prepared folder and "
                         "stay inside it; re-run `prepare` and `validate`."
                     )
-        self.split = split
+        self.split = split if isinstance(split, str) else "+".join(split)
         self.ids: list[str] = rows["id"].tolist()
         self.image_paths: list[Path] = [self.root / p for p in rows["image"]]
         self.mask_paths: list[Path] = [self.root / p for p in rows["mask"]]

@@ -8,6 +8,7 @@ source samples ``prepare`` could not convert (:data:`REJECTED_COLUMNS`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def load_dataset_record(prepared_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: malformed ({err}). Re-run `prepare` to rewrite it.") from None
 
 
-def split_rows(frame: pd.DataFrame, split: str) -> pd.DataFrame:
-    """The rows of one split, in manifest order."""
-    return frame[frame["split"] == split].reset_index(drop=True)
+def split_rows(frame: pd.DataFrame, split: str | Sequence[str]) -> pd.DataFrame:
+    """The rows of one split (or of several: a sequence of names), in manifest order."""
+    wanted = [split] if isinstance(split, str) else list(split)
+    return frame[frame["split"].isin(wanted)].reset_index(drop=True)

@@ -25,6 +25,7 @@ from pspnet.data.classes import ClassTable, load_classes
 from pspnet.data.quarantine import effective_version, excluded_ids
 from pspnet.device import resolve_device
 from pspnet.errors import PspnetError
+from pspnet.evaluate.scoring import SPLIT
 from pspnet.layout import CHECKPOINT_FILE, Layout
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
@@ -158,6 +159,9 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
     layout = Layout(root, params.paths)
     classes = load_classes(layout.prepared, params.data.ignore_index)
     excluded = excluded_ids(layout.quarantine, params.validate_.quarantine)  # samples `validate` set aside
+    if SPLIT in params.train.splits and ctx.is_main:
+        log.warning("train.splits %s includes %r: its scores now measure training data; judge this model on a held-out "
+                    "split (data.holdout)", list(params.train.splits), SPLIT)  # fmt: skip
     trainer = Trainer(params, TrainingInputs(layout.prepared, classes, excluded, layout.train_state), ctx, device)
     run_context = (
         _open_run(trainer.resumed_run_id, experiment_id, _run_tags(root, layout, trainer)) if ctx.is_main else contextlib.nullcontext(None)

@@ -137,7 +137,7 @@ class Trainer:
         self.precision = resolve_precision(t.precision, device)
         self.channels_last = resolve_channels_last(t.channels_last, device)
         self.dataset = SegmentationDataset(
-            self.inputs.prepared, "train", train_transform(self.params), exclude=self.inputs.excluded,
+            self.inputs.prepared, t.splits, train_transform(self.params), exclude=self.inputs.excluded,
             max_image_pixels=self.params.data.max_image_pixels,
         )  # fmt: skip
         self.loader = make_train_loader(self.dataset, self.params, device, ctx)
