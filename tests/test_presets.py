@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pspnet.errors import ConfigError
@@ -148,3 +149,27 @@ def test_runs_are_grouped_into_recipes_over_seeds(tmp_path: Path) -> None:
     assert "| baseline | 0, 1 | 0.4400 ± 0.0141 [0.4300, 0.4500] | 0.2700 ± 0.0141 [0.2600, 0.2800] | 20.0 |" in text
     assert "| train.ema_decay=0.99 | 0 | 0.4600 (one seed) | 0.3000 (one seed) | 20.0 |" in text
     assert "| [new-s0](../new-s0.md) | 0 | 0.4600 | 0.3000 | 20.0 | holdout 0.300, holdout_raw 0.290 |" in text
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO_ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_preset_trains_on_the_cpu_with_a_tiny_epoch(preset: str, tmp_path: Path) -> None:
+    """The preset's model and recipe, unchanged but for where and how long: one epoch of two
+    steps on tiny frames, with its learning curve and scoring (a GPU preset checked without a GPU)."""
+    from pspnet.data.classes import load_classes
+    from pspnet.train.distributed import Distributed
+    from pspnet.train.signals import StopRequest
+    from pspnet.train.trainer import Trainer, TrainingInputs
+    from tests.train.test_curve import CurveRecorder
+    from tests.train.tinydata import write_prepared
+
+    tiny = {"train.device": "cpu", "train.precision": "fp32", "train.epochs": 1, "train.batch_size": 2,
+            "train.crop_size": [32, 40], "train.num_workers": 0, "train.curve_every_n_epochs": 1, "train.curve_images": 1,
+            "train.warmup_iters": 0, "train.checkpoint_every_n_steps": 0}  # fmt: skip
+    _, _, params = load_preset(REPO_ROOT, preset, tiny)
+    prepared = tmp_path / "prepared"
+    write_prepared(prepared, n_train=4, n_val=1, height=32, width=40)
+    inputs = TrainingInputs(prepared, load_classes(prepared, params.data.ignore_index), frozenset(), tmp_path / "states")
+    trainer = Trainer(params, inputs, Distributed(), torch.device("cpu"))
+    history = trainer.fit(CurveRecorder(), StopRequest())
+    assert history[-1].global_step == 2 and torch.isfinite(torch.tensor(history[-1].loss))
+    assert set(trainer.curve[-1].miou) >= {"val"}
