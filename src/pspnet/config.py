@@ -382,7 +382,7 @@ class TrainConfig(StrictModel):
     #: Images per split for a curve point, evenly spaced over the split (0: all of them).
     curve_images: NonNegativeInt = 32
     #: Splits the curve scores, those the prepared data holds (``holdout``: ``data.holdout``).
-    curve_splits: tuple[str, ...] = ("val", "holdout")
+    curve_splits: tuple[str, ...] = ("val", "holdout", "test")
 
     @model_validator(mode="before")
     @classmethod
@@ -441,7 +441,7 @@ class EvaluateConfig(StrictModel):
     base_size: PositiveInt | None = None
     #: Splits scored beside val when the prepared data has them (e.g. ``data.holdout.split``):
     #: their scores go to eval.json (``splits``), MLflow (``<split>_miou`` ...) and the reports.
-    extra_splits: tuple[str, ...] = ("holdout",)
+    extra_splits: tuple[str, ...] = ("holdout", "test")
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.
