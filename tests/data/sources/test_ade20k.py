@@ -111,16 +111,16 @@ def test_missing_folder_names_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("missing", ["annotation", "image"])
-def test_unpaired_file_is_named(tmp_path: Path, missing: str) -> None:
+def test_unpaired_file_is_a_rejected_sample_naming_it(tmp_path: Path, missing: str) -> None:
     root = _make_release(tmp_path)
     image = root / "images" / "training" / "ADE_train_00000002.jpg"
     mask = root / "annotations" / "training" / "ADE_train_00000002.png"
     (mask if missing == "annotation" else image).unlink()
-    with pytest.raises(DataError) as err:
-        _source(root)
+    with pytest.raises(DataError) as err:  # the other samples convert; this one is reported
+        write_prepared(tmp_path / "out", _source(root), "ade20k", num_workers=2, max_failures=20)
     kept, gone = (image, mask) if missing == "annotation" else (mask, image)
     word = "label image" if missing == "annotation" else "image"
-    assert str(err.value).startswith(f"{kept}: no {word} {gone}")
+    assert f"  - {kept}: no {word} {gone}. Fix: add the " in str(err.value) and "1 problem(s)" in str(err.value)
 
 
 def test_unknown_label_id_names_the_mask(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from PIL import Image
 
 from pspnet.config import parse_params
 from tests.data.sources.convert import write_prepared
-from pspnet.data.sources.base import SourceFolders
+from pspnet.data.convert import convert_source
+from pspnet.data.sources.base import MISSING_PAIR, SourceFolders
 from pspnet.data.sources.camvid import CLASS_NAMES, IMAGE_SIZE, camvid_source
 from pspnet.errors import DataError
 
@@ -83,10 +84,26 @@ def test_a_missing_label_folder_names_it(camvid: Path) -> None:
         _source(camvid)
 
 
-def test_a_listed_image_that_is_missing_names_the_list_line(camvid: Path) -> None:
-    (camvid / "train" / "Seq05VD_f00000.png").unlink()
-    with pytest.raises(DataError, match=r"train\.txt:2: lists 'Seq05VD_f00000'"):
-        _source(camvid)
+def test_every_broken_pair_is_a_rejected_sample_naming_its_file(camvid: Path, tmp_path: Path) -> None:
+    """A list line naming no image, an image without label image, a label image without image
+    (listed split or not): all reported together, each with its file and fix."""
+    (camvid / "train" / "Seq05VD_f00000.png").unlink()  # listed in train.txt, line 2
+    _write(camvid, "train", "0001TP_009999", _labels(5))
+    (camvid / "train" / "0001TP_009999.png").unlink()  # its label image stays
+    (camvid / "valannot" / "0016E5_07961.png").unlink()  # val has no list: every image counts
+    _write(camvid, "val", "0016E5_08000", _labels(6))
+    (camvid / "val" / "0016E5_08000.png").unlink()
+    data = _source(camvid)
+    converted = convert_source(tmp_path / "out", data, "camvid", num_workers=2)
+    rows = converted.rejected.set_index("id")
+    assert set(rows.index) == {"Seq05VD_f00000", "0001TP_009999", "0016E5_07961", "0016E5_08000"}
+    assert set(rows["check"]) == {MISSING_PAIR}
+    messages = "\n".join(converted.messages())
+    assert f"{camvid / 'train.txt'}:2: lists 'Seq05VD_f00000' but {camvid / 'train'} has no such image" in messages
+    assert f"{camvid / 'trainannot' / '0001TP_009999.png'}: no image {camvid / 'train' / '0001TP_009999.png'}" in messages
+    assert f"{camvid / 'val' / '0016E5_07961.png'}: no label image {camvid / 'valannot' / '0016E5_07961.png'}" in messages
+    assert f"{camvid / 'valannot' / '0016E5_08000.png'}: no image" in messages
+    assert sorted(converted.manifest["id"]) == ["0001TP_006690", "0016E5_07959"]  # the intact samples still convert
 
 
 def test_unknown_label_ids_and_wrong_sizes_name_the_file(camvid: Path, tmp_path: Path) -> None:

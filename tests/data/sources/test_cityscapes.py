@@ -13,7 +13,8 @@ from PIL import Image
 from pspnet.config import parse_params
 from tests.data.sources.convert import write_prepared
 from pspnet.data.sources import cityscapes
-from pspnet.data.sources.base import Expectations, SourceData, SourceFolders
+from pspnet.data.convert import convert_source
+from pspnet.data.sources.base import MISSING_PAIR, Expectations, SourceData, SourceFolders
 from pspnet.data.sources.cityscapes import cityscapes_source
 from pspnet.errors import DataError
 
@@ -105,22 +106,18 @@ def test_missing_gtfine_folder_is_named(tmp_path: Path) -> None:
     assert str(err.value).startswith(str(root / "gtFine" / "train"))
 
 
-def test_image_without_label_ids_is_named(tmp_path: Path) -> None:
+def test_broken_pairs_are_rejected_samples_naming_the_missing_file(tmp_path: Path) -> None:
     root = _make_dataset(tmp_path)
-    image, mask = _paths(root, *SAMPLES[2])
-    mask.unlink()  # its _color.png etc. are still there: they do not count
-    with pytest.raises(DataError) as err:
-        _source(root)
-    assert str(err.value).startswith(f"{image}: no label image {mask}")
-
-
-def test_label_ids_without_image_are_named(tmp_path: Path) -> None:
-    root = _make_dataset(tmp_path)
-    image, mask = _paths(root, *SAMPLES[3])
-    image.unlink()
-    with pytest.raises(DataError) as err:
-        _source(root)
-    assert str(err.value).startswith(f"{mask}: no image {image}")
+    lone_image, lost_mask = _paths(root, *SAMPLES[2])
+    lost_mask.unlink()  # its _color.png etc. are still there: they do not count
+    lost_image, lone_mask = _paths(root, *SAMPLES[3])
+    lost_image.unlink()
+    converted = convert_source(tmp_path / "out", _source(root), "cityscapes", num_workers=2)
+    assert set(converted.rejected["check"]) == {MISSING_PAIR} and len(converted.rejected) == 2
+    messages = converted.messages()
+    assert f"{lone_image}: no label image {lost_mask}. Fix: add the label image or remove the image." in messages
+    assert f"{lone_mask}: no image {lost_image}. Fix: add the image or remove the label image." in messages
+    assert len(converted.manifest) == len([s for s in SAMPLES if s[0] != "test"]) - 2  # test is not read
 
 
 def test_unknown_label_id_names_the_mask(tmp_path: Path) -> None:

@@ -188,10 +188,10 @@ def test_listed_id_without_image_is_named_with_its_list(tmp_path: Path) -> None:
     root = make_voc(tmp_path / "raw")
     voc = root / "VOCdevkit" / "VOC2012"
     (voc / "JPEGImages" / "2007_000003.jpg").unlink()
-    with pytest.raises(DataError) as err:
-        voc_source(_params(root), SourceFolders(root))
+    with pytest.raises(DataError) as err:  # a rejected sample, reported with any others
+        _write(tmp_path, _params(root), SourceFolders(root))
     message = str(err.value)
-    assert message.startswith(f"{voc / 'JPEGImages' / '2007_000003.jpg'}: image not found")
+    assert f"  - {voc / 'JPEGImages' / '2007_000003.jpg'}: image not found" in message and "1 problem(s)" in message
     assert str(voc / "ImageSets" / "Segmentation" / "train.txt") in message
 
 
@@ -228,6 +228,6 @@ def test_sbd_listed_id_without_mat_is_named(tmp_path: Path) -> None:
     mat = sbd / "dataset" / "cls" / f"{BOTH_IMAGES}.mat"
     mat.unlink()
     with pytest.raises(DataError) as err:
-        voc_source(_params(root), SourceFolders(root, sbd))
+        _write(tmp_path, _params(root), SourceFolders(root, sbd))
     message = str(err.value)
     assert str(mat) in message and str(sbd / "dataset" / "val.txt") in message

@@ -30,9 +30,9 @@ from pspnet.data.sources.base import (
     SampleRef,
     SourceData,
     SourceFolders,
-    check_paired,
     files_by_stem,
     load_pair,
+    paired_refs,
     require_dir,
     shifted_map,
 )
@@ -125,15 +125,10 @@ def ade20k_source(params: Params, folders: SourceFolders) -> SourceData:
         mask_dir = require_dir(root, f"{ANNOTATIONS_DIR}/{folder}", NAME, LAYOUT)
         images = files_by_stem(image_dir, [IMAGE_SUFFIX])
         masks = files_by_stem(mask_dir, [MASK_SUFFIX])
-        check_paired(
-            images,
-            masks,
+        refs += paired_refs(
+            split, images, masks, partial(load_pair, labels=labels),
             lambda name, image, mask_dir=mask_dir: mask_dir / (name + MASK_SUFFIX),
             lambda name, mask, image_dir=image_dir: image_dir / (name + IMAGE_SUFFIX),
-        )
-        refs.extend(
-            SampleRef(name, split, partial(load_pair, images[name], masks[name], labels), (str(images[name]), str(masks[name])))
-            for name in sorted(images)
-        )
+        )  # fmt: skip
     classes = ClassTable(CLASS_NAMES, CLASS_COLORS, params.data.ignore_index)
     return SourceData(classes, refs, len(refs), inputs=(root,))

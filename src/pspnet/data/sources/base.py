@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -197,26 +198,43 @@ def files_by_stem(
     return found
 
 
-def check_paired(
+def _raise(problem: DataError) -> tuple[ImageData, np.ndarray]:
+    """The loader of a sample that cannot be read: the writer records ``problem`` in ``rejected.csv``."""
+    raise problem
+
+
+def broken_pair(name: str, split: str, where: Path | str, problem: str, fix: str) -> SampleRef:
+    """A sample whose image or label image is missing, listed so that the writer rejects it
+    (``rejected.csv``: file, problem, fix) beside the others instead of stopping at the first.
+    ``where`` is the file that is there, or the list line (``train.txt:2``) naming a missing one."""
+    files = (str(where),) if Path(where).is_file() else ()  # the writer checks a sample's files first
+    return SampleRef(name, split, partial(_raise, SampleError(where, MISSING_PAIR, problem, fix)), files)
+
+
+def paired_refs(
+    split: str,
     images: Mapping[str, Path],
     masks: Mapping[str, Path],
+    load: Callable[[Path, Path], tuple[ImageData, np.ndarray]],
     mask_for: Callable[[str, Path], Path],
     image_for: Callable[[str, Path], Path],
-) -> None:
-    """A :class:`DataError` naming the first image without its label image (``mask_for(name,
-    image)`` says where it should be), or label image without its image, and how many more."""
-    if lone := sorted(images.keys() - masks.keys()):
-        image = images[lone[0]]
-        raise DataError(
-            f"{image}: no label image {mask_for(lone[0], image)} ({len(lone)} image(s) lack one). "
-            "Fix: add the label image or remove the image."
-        )
-    if lone := sorted(masks.keys() - images.keys()):
-        mask = masks[lone[0]]
-        raise DataError(
-            f"{mask}: no image {image_for(lone[0], mask)} ({len(lone)} label image(s) lack one). "
-            "Fix: add the image or remove the label image."
-        )
+) -> list[SampleRef]:
+    """The samples of one split folder pair, by name: ``load(image, mask)`` for each image with
+    its label image; a :func:`broken_pair` naming where the missing file should be
+    (``mask_for(name, image)`` / ``image_for(name, mask)``) for an image without label image
+    and a label image without image."""
+    refs = []
+    for name in sorted(images.keys() | masks.keys()):
+        image, mask = images.get(name), masks.get(name)
+        if image is not None and mask is not None:
+            refs.append(SampleRef(name, split, partial(load, image, mask), (str(image), str(mask))))
+        elif image is not None:
+            refs.append(broken_pair(name, split, image, f"no label image {mask_for(name, image)}",
+                                    "add the label image or remove the image"))  # fmt: skip
+        else:
+            refs.append(broken_pair(name, split, mask, f"no image {image_for(name, mask)}",
+                                    "add the image or remove the label image"))  # fmt: skip
+    return refs
 
 
 # --------------------------------------------------------------------------------------------

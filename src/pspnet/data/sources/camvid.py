@@ -8,7 +8,9 @@ Layout under ``data.source.location``::
 Label ids 0..10 are the classes, 11 (void / unlabelled) is ignored. A split is taken when its
 image folder exists; ``train`` and ``val`` are required. When ``<split>.txt`` exists it decides
 which images belong to the split: its lines hold the tutorial's absolute paths
-(``/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png``), resolved by file name.
+(``/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png``), resolved by file name. An
+image without label image, a label image without image and a list line naming no image are
+rejected samples (``rejected.csv``, all reported by ``validate``), not a stop at the first.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from pspnet.config import Params
 from pspnet.data.classes import ClassTable
 from pspnet.data.sources.base import (
     Expectations,
+    LabelMap,
     SampleRef,
     SourceData,
     SourceFolders,
+    broken_pair,
     files_by_stem,
     load_pair,
+    paired_refs,
     read_list,
     require_dir,
     shifted_map,
 )
-from pspnet.errors import DataError
 
 NAME = "camvid"
 CLASS_NAMES = (
@@ -49,21 +53,32 @@ IMAGE_SIZE = (360, 480)
 LAYOUT = "  train/ trainannot/ val/ valannot/ [test/ testannot/]  (PNG images, same-named label PNGs)"
 
 
-def _split_names(root: Path, split: str, images: dict[str, Path]) -> list[str]:
-    """The split's sample names: from ``<split>.txt`` when present, else every image."""
+def _split_refs(root: Path, split: str, images: dict[str, Path], masks: dict[str, Path], labels: LabelMap) -> list[SampleRef]:
+    """The split's samples: those of ``<split>.txt`` when present, else every image and every
+    label image; a broken pair (or a list line naming no image) is a sample the writer rejects."""
+    mask_dir, image_dir = root / f"{split}annot", root / split
+    load = partial(load_pair, labels=labels)
     listing = root / f"{split}.txt"
     if not listing.is_file():
-        return sorted(images)
-    names = []
+        return paired_refs(
+            split, images, masks, load, lambda name, _: mask_dir / f"{name}.png", lambda name, _: image_dir / f"{name}.png"
+        )
+    refs, listed = [], set()
     for number, line in enumerate(read_list(listing), start=1):
         name = Path(line.split()[0]).stem
-        if name not in images:
-            raise DataError(
-                f"{listing}:{number}: lists {name!r} but {root / split} has no such image. "
-                "Fix: restore the image or remove the line."
-            )
-        names.append(name)
-    return names
+        listed.add(name)
+        if name not in images:  # its label image, if any, is this same sample
+            refs.append(broken_pair(name, split, f"{listing}:{number}", f"lists {name!r} but {image_dir} has no such image",
+                                    "restore the image or remove the line"))  # fmt: skip
+        elif name not in masks:
+            refs.append(broken_pair(name, split, images[name], f"no label image {mask_dir / (name + '.png')}",
+                                    "add the label image or remove the image"))  # fmt: skip
+        else:
+            refs.append(SampleRef(name, split, partial(load, images[name], masks[name]), (str(images[name]), str(masks[name]))))
+    for name in sorted(masks.keys() - images.keys() - listed):  # a label image whose image is gone, unlisted
+        refs.append(broken_pair(name, split, masks[name], f"no image {image_dir / (name + '.png')}",
+                                "add the image or remove the label image"))  # fmt: skip
+    return refs
 
 
 def camvid_source(params: Params, folders: SourceFolders) -> SourceData:
@@ -76,15 +91,6 @@ def camvid_source(params: Params, folders: SourceFolders) -> SourceData:
             continue
         image_dir = require_dir(root, split, NAME, LAYOUT)
         mask_dir = require_dir(root, f"{split}annot", NAME, LAYOUT)
-        images = files_by_stem(image_dir, [".png"])
-        masks = files_by_stem(mask_dir, [".png"])
-        for name in _split_names(root, split, images):
-            if name not in masks:
-                raise DataError(
-                    f"{images[name]}: no label image {mask_dir / (name + '.png')}. Fix: add it or remove the image."
-                )
-            refs.append(
-                SampleRef(name, split, partial(load_pair, images[name], masks[name], labels), (str(images[name]), str(masks[name])))
-            )
+        refs += _split_refs(root, split, files_by_stem(image_dir, [".png"]), files_by_stem(mask_dir, [".png"]), labels)
     classes = ClassTable(CLASS_NAMES, CLASS_COLORS, params.data.ignore_index)
     return SourceData(classes, refs, len(refs), Expectations(image_sizes=(IMAGE_SIZE,)), (root,))

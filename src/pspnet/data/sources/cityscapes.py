@@ -35,9 +35,9 @@ from pspnet.data.sources.base import (
     SampleRef,
     SourceData,
     SourceFolders,
-    check_paired,
     files_by_stem,
     load_pair,
+    paired_refs,
     require_dir,
 )
 
@@ -109,15 +109,10 @@ def cityscapes_source(params: Params, folders: SourceFolders) -> SourceData:
         mask_dir = require_dir(root, f"{MASK_DIR}/{split}", NAME, LAYOUT)
         images = _files(image_dir, IMAGE_SUFFIX)
         masks = _files(mask_dir, MASK_SUFFIX)
-        check_paired(
-            images,
-            masks,
+        refs += paired_refs(
+            split, images, masks, partial(load_pair, labels=labels),
             lambda name, image, mask_dir=mask_dir: mask_dir / image.parent.name / (name + MASK_SUFFIX),
             lambda name, mask, image_dir=image_dir: image_dir / mask.parent.name / (name + IMAGE_SUFFIX),
-        )
-        refs.extend(
-            SampleRef(name, split, partial(load_pair, images[name], masks[name], labels), (str(images[name]), str(masks[name])))
-            for name in sorted(images)
-        )
+        )  # fmt: skip
     classes = ClassTable(CLASS_NAMES, CLASS_COLORS, params.data.ignore_index)
     return SourceData(classes, refs, len(refs), EXPECT, (root,))

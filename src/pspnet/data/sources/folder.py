@@ -29,7 +29,6 @@ from pspnet.data.sources.base import (
     DUPLICATE_ID,
     IMAGE_MODE,
     MASK_MODE,
-    MISSING_PAIR,
     UNKNOWN_LABELS,
     Expectations,
     ImageData,
@@ -38,6 +37,7 @@ from pspnet.data.sources.base import (
     SampleRef,
     SourceData,
     SourceFolders,
+    broken_pair,
     check_same_size,
     files_by_stem,
     float_image,
@@ -46,7 +46,6 @@ from pspnet.data.sources.base import (
     require_dir,
 )
 from pspnet.data.sources.folder_classes import CHANNEL_MAX, CLASS_FILES, RGB, ClassSpec, input_error, read_class_file
-from pspnet.errors import DataError
 
 NAME = "folder"
 IMAGES_DIR = "images"
@@ -168,17 +167,12 @@ def load_sample(image_file: Path, mask_file: Path, ids: LabelMap, colors: ColorM
     return image, mask
 
 
-def _pair_missing(name: str, image: Path | None, mask: Path, image_dir: Path, mask_dir: Path) -> SampleError:
-    """The error of an image without its mask (``image`` given) or of ``mask`` without its image."""
+def _unpaired(name: str, split: str, image: Path | None, mask: Path, image_dir: Path, mask_dir: Path) -> SampleRef:
+    """The rejected sample of an image without its mask (``image`` given) or of ``mask`` without its image."""
     if image is not None:
         expected = mask_dir / image.relative_to(image_dir).with_suffix(MASK_SUFFIX)
-        return SampleError(image, MISSING_PAIR, f"no mask {expected}", "add the mask (same name, .png) or remove the image")
-    return SampleError(mask, MISSING_PAIR, f"no image named {name!r} in {image_dir}", "add the image or remove the mask")
-
-
-def _unpaired(problem: DataError) -> tuple[ImageData, np.ndarray]:
-    """The loader of an image without mask (or mask without image): the writer records its error."""
-    raise problem
+        return broken_pair(name, split, image, f"no mask {expected}", "add the mask (same name, .png) or remove the image")
+    return broken_pair(name, split, mask, f"no image named {name!r} in {image_dir}", "add the image or remove the mask")
 
 
 def _duplicate(name: str, path: Path) -> tuple[ImageData, np.ndarray]:
@@ -244,10 +238,9 @@ def folder_source(params: Params, folders: SourceFolders) -> SourceData:
         for name in sorted(images.keys() | masks.keys()):
             if name in images and name in masks:
                 load = partial(load_sample, images[name], masks[name], ids, colors)
+                refs.append(SampleRef(name, split, load, (str(images[name]), str(masks[name]))))
             else:
-                problem = _pair_missing(name, images.get(name), masks.get(name, mask_dir), image_dir, mask_dir)
-                load = partial(_unpaired, problem)
-            refs.append(SampleRef(name, split, load, tuple(str(p) for p in (images.get(name), masks.get(name)) if p)))
+                refs.append(_unpaired(name, split, images.get(name), masks.get(name, mask_dir), image_dir, mask_dir))
         for name, path in repeated:
             refs.append(SampleRef(name, split, partial(_duplicate, name, path), (str(path),)))
     classes = ClassTable(spec.names, tuple(c or p for c, p in zip(spec.colors, palette_colors(count))), ignore)

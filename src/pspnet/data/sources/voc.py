@@ -49,6 +49,7 @@ from pspnet.data.sources.base import (
     SampleRef,
     SourceData,
     SourceFolders,
+    broken_pair,
     check_same_size,
     load_pair,
     palette_colors,
@@ -150,19 +151,21 @@ def load_sbd_pair(image_file: Path, mat_file: Path, labels: LabelMap) -> tuple[I
 
 def _sample(sample_id: str, split: str, listed_in: Path, folders: _Folders, labels: LabelMap) -> SampleRef:
     """The sample ``sample_id``: VOC's image and mask, else SBD's (see the module doc)."""
-    where = f"(listed in {listed_in}). Fix: restore it or remove {sample_id!r} from the list."
+    fix = f"restore it or remove {sample_id!r} from the list"
     image = folders.images / f"{sample_id}{IMAGE_SUFFIX}"
     sbd_image = folders.sbd / SBD_IMAGE_DIR / f"{sample_id}{IMAGE_SUFFIX}" if folders.sbd else None
     if not image.is_file():
         if sbd_image is None or not sbd_image.is_file():
-            raise DataError(f"{image}: image not found{f' (nor {sbd_image})' if sbd_image else ''} {where}")
+            return broken_pair(sample_id, split, image, f"image not found{f' (nor {sbd_image})' if sbd_image else ''} "
+                               f"(listed in {listed_in})", fix)  # fmt: skip
         image = sbd_image
     mask = folders.masks / f"{sample_id}{MASK_SUFFIX}"
     if mask.is_file():
         return SampleRef(sample_id, split, partial(load_pair, image, mask, labels), (str(image), str(mask)))
     mat = folders.sbd / SBD_MASK_DIR / f"{sample_id}{MAT_SUFFIX}" if folders.sbd else None
     if mat is None or not mat.is_file():
-        raise DataError(f"{mask}: label image not found{f' (nor {mat})' if mat else ''} {where}")
+        return broken_pair(sample_id, split, mask, f"label image not found{f' (nor {mat})' if mat else ''} "
+                           f"(listed in {listed_in})", fix)  # fmt: skip
     return SampleRef(sample_id, split, partial(load_sbd_pair, image, mat, labels), (str(image), str(mat)))
 
 
