@@ -215,6 +215,10 @@ class ValidateConfig(StrictModel):
     #: train / evaluate / register; the dataset-level checks run on the samples that remain
     #: and still fail the gate.
     quarantine: bool = False
+    #: Samples whose mask has no labelled pixel (every pixel ignore: they train and score
+    #: nothing): ``warn`` names them and lets them through; ``reject`` fails them like any
+    #: failing sample (set aside with ``quarantine``).
+    empty_masks: Literal["warn", "reject"] = "warn"
 
 
 #: ResNets built from basic blocks; ``stem: auto`` keeps torchvision's stem for them.

@@ -552,3 +552,23 @@ def test_links_that_stay_inside_are_fine(tmp_path: Path) -> None:
     (real / "images/train/t1.png").symlink_to(cached)
     result = prepare(_params(), tmp_path)
     assert result["rejected"] == 0 and result["num_samples"] == 5
+
+
+def test_a_mask_with_no_labelled_pixel_is_named_as_a_warning_or_rejected(tmp_path: Path) -> None:
+    """An all-ignore mask trains nothing: a warning naming it (default), or a failure naming its
+    file with validate.empty_masks: reject. A mask holding one class pixel is not empty."""
+    root = _good_source(tmp_path)
+    _pair(root, "train", "void", values=(255,))
+    _pair(root, "train", "onepixel", values=(255, 1))
+    run = _run(tmp_path, _params())
+    assert run.error is None and run.summary["success"] is True
+    [warning] = [w for w in run.summary["warnings"] if "no labelled pixel" in w]
+    assert warning.startswith("1 sample(s) have a mask with no labelled pixel") and ": void. Fix: annotate" in warning
+    assert run.expectation("mask_labelled")["unexpected_ids"] == ["void"]
+
+    rejected = _run(tmp_path, _params(validate={"empty_masks": "reject"}))
+    line = rejected.line("void")
+    assert "mask masks/void.png has no labelled pixel (every pixel is the ignore index 255)" in line, line
+    assert "Fix: annotate it or remove the sample" in line
+    assert rejected.failure("void")["failed_checks"] == ["mask_labelled"]
+    assert [f["id"] for f in rejected.summary["failing_samples"]] == ["void"]

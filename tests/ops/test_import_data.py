@@ -131,3 +131,41 @@ def test_a_fresh_clone_pulls_the_tracked_raw_data_from_the_dvc_remote(tmp_path: 
     shutil.rmtree(tmp_path / "remote")
     with pytest.raises(DataError, match=r"data/raw/mine\.dvc: its data is neither in the local DVC cache nor on a DVC remote"):
         import_data(params, root)
+
+
+def _cached_bytes(root: Path) -> list[bytes]:
+    cache = root / ".dvc" / "cache"
+    return [p.read_bytes() for p in cache.rglob("*") if p.is_file()] if cache.is_dir() else []
+
+
+@pytest.mark.integration
+def test_a_link_out_of_the_source_is_refused_before_anything_is_imported_or_cached(tmp_path: Path) -> None:
+    """A dataset carrying a link to a file of the user's (here a 'key'): import-url (a folder
+    elsewhere), update (a link added later) and dvc add (a folder inside data/raw) all refuse it,
+    naming the link; the target's bytes reach neither data/raw nor the DVC cache."""
+    root = _repo(tmp_path / "project")
+    secret = tmp_path / "home" / "id_key"
+    secret.parent.mkdir()
+    secret.write_text("SECRET-KEY-BYTES")
+    source = _dataset(tmp_path / "CamVid", {"train/a.png": "a", "trainannot/a.png": "a"})
+    (source / "train" / "b.png").symlink_to(secret)
+    (source / "trainannot" / "b.png").symlink_to(source / "trainannot" / "a.png")  # a link that stays inside: fine
+    link = source / "train" / "b.png"
+    with pytest.raises(DataError, match=rf"{link}: a symbolic link to {secret}, outside the source folder .*1 such link"):
+        import_data(_params(str(source)), root)
+    assert not (root / "data/raw/camvid").exists() and not (root / "data/raw/camvid.dvc").exists()
+    assert b"SECRET-KEY-BYTES" not in _cached_bytes(root)
+
+    link.unlink()
+    import_data(_params(str(source)), root)  # clean now: imported
+    (source / "train" / "c.png").symlink_to(secret)
+    with pytest.raises(DataError, match=r"train/c\.png: a symbolic link to .*id_key"):
+        import_data(_params(str(source)), root)  # the update is refused too
+    assert not (root / "data/raw/camvid/train/c.png").exists()
+
+    inside = _dataset(root / "data/raw/mine", {"images/train/a.png": "a"})
+    (inside / "images" / "train" / "k.png").symlink_to(secret)
+    with pytest.raises(DataError, match=r"k\.png: a symbolic link to .*id_key"):
+        import_data(_params("data/raw/mine", name="folder"), root)
+    assert not (root / "data/raw/mine.dvc").exists()
+    assert b"SECRET-KEY-BYTES" not in _cached_bytes(root)

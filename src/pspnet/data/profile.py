@@ -63,6 +63,8 @@ PROFILE_COLUMNS = (
     "labels",
     "invalid_labels",
     "labels_valid",
+    "labelled_pixels",
+    "has_labels",
     "label_counts",
     "problems",
 )
@@ -80,6 +82,8 @@ _DTYPES = {
     "mask_width": "Int64",
     "sizes_match": "boolean",
     "labels_valid": "boolean",
+    "labelled_pixels": "Int64",
+    "has_labels": "boolean",
 }
 #: Modes of prepared masks: one 8-bit class id per pixel (``prepare`` writes ``L``).
 SINGLE_CHANNEL_MASK_MODES = ("L", "P")
@@ -228,6 +232,7 @@ def profile_sample(
     counts = label_counts(mask.pixels) if single else {}
     allowed = set(range(classes.num_classes)) | {classes.ignore_index}
     invalid = sorted(v for v in counts if v not in allowed)
+    labelled = sum(n for v, n in counts.items() if 0 <= v < classes.num_classes)  # pixels of a class (not ignore)
     both_readable = image.readable and mask.readable
     problems = (
         _image_problems(row["image"], image, escapes["image"])
@@ -264,6 +269,8 @@ def profile_sample(
         "labels": " ".join(str(v) for v in counts) if single else None,
         "invalid_labels": " ".join(str(v) for v in invalid) if single else None,
         "labels_valid": not invalid if single else None,
+        "labelled_pixels": labelled if single else None,
+        "has_labels": labelled > 0 if single else None,
         "label_counts": json.dumps({str(k): v for k, v in counts.items()}),
         "problems": PROBLEM_SEPARATOR.join(problems),
     }

@@ -115,6 +115,11 @@ def add(root: Path, target: str) -> str:
     return run_dvc(root, "add", target)
 
 
+def cache_dir(root: Path) -> Path:
+    """The project's DVC cache folder (``dvc cache dir``), resolved."""
+    return Path(run_dvc(root, "cache", "dir").strip()).resolve()
+
+
 def import_url(root: Path, location: str, target: str) -> str:
     """``dvc import-url <location> <target>``: copy a source into the project, versioned."""
     return run_dvc(root, "import-url", location, target)

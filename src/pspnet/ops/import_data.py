@@ -139,6 +139,40 @@ def resolve_input(item: RawInput, root: Path) -> Path:
     return item.path
 
 
+def escaping_links(folder: Path) -> list[tuple[Path, Path]]:
+    """``(link, real target)`` of every symbolic link under ``folder`` whose target lies outside it
+    (the folder itself may be a link). Linked folders are reported, not entered."""
+    top = folder.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                real = path.resolve()
+                if real != top and top not in real.parents:
+                    found.append((path, real))
+    return found
+
+
+def refuse_escaping_links(field: str, folder: Path, root: Path) -> None:
+    """Stop, before DVC reads ``folder``, when a link in it leads outside it: ``dvc add`` and
+    ``dvc import-url`` follow links, so the target's bytes would enter ``data/raw``, the DVC cache
+    and, with ``dvc push``, a shared remote. Links into the project's DVC cache (``cache.type:
+    symlink``) are DVC's own and stay allowed."""
+    links = escaping_links(folder)
+    if links:
+        cache = dvc.cache_dir(root)
+        links = [(link, real) for link, real in links if cache not in real.parents]
+    if not links:
+        return
+    link, real = links[0]
+    raise DataError(
+        f"{link}: a symbolic link to {real}, outside the source folder {folder} ({len(links)} such link(s) in "
+        f"{field}); nothing was imported or cached. Fix: replace each link with a copy of the file it should be, or "
+        "remove it (a dataset from elsewhere can carry links to files of yours)."
+    )
+
+
 def stage_in_git(root: Path, paths: list[Path]) -> None:
     """``git add`` the DVC metafiles an import wrote (what ``core.autostage`` would do), so that
     ``dvc exp run`` and the next commit carry them; a no-op outside a git repository."""
@@ -188,9 +222,12 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
                 action = restore_tracked(root, item.dvc_file)
             if not item.path.is_dir():
                 raise DataError(f"{item.field}: {item.path} is not a folder. Fix the path in params.yaml.")
+            refuse_escaping_links(item.field, item.path, root)
             dvc.add(root, rel)
         elif item.dvc_file.is_file() and same_location(dvc_file_source(item.dvc_file), item.location, root):
             action = "dvc update"
+            if not is_url(item.location):
+                refuse_escaping_links(item.field, _local_path(item.location, root), root)
             dvc.update(root, str(item.dvc_file.relative_to(root)))
             if not item.path.exists():  # `dvc update` of an unchanged source does not restore a deleted copy
                 restore_tracked(root, item.dvc_file)
@@ -203,6 +240,8 @@ def import_data(params: Params, root: Path) -> dict[str, Any]:
                     f"{item.field}: {location} does not exist. Fix: set {item.field} in params.yaml (or the "
                     "preset, or `--set`) to the dataset's folder or URL."
                 )
+            if not is_url(location):
+                refuse_escaping_links(item.field, Path(location), root)
             if item.dvc_file.exists():  # imported from elsewhere before: drop that import (it stays in the cache)
                 dvc.remove_outs(root, str(item.dvc_file.relative_to(root)))
             elif item.path.exists():

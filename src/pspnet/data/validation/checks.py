@@ -22,6 +22,9 @@ SAMPLES_TABLE, SPLITS_TABLE, CLASSES_TABLE, SHIFT_TABLE = "samples", "splits", "
 #: Names of the Great Expectations expectation classes the gate uses.
 IN_SET, BETWEEN, UNIQUE = "ExpectColumnValuesToBeInSet", "ExpectColumnValuesToBeBetween", "ExpectColumnValuesToBeUnique"
 
+#: The check of masks with no labelled pixel: a warning or a failure (``validate.empty_masks``).
+EMPTY_MASKS = "mask_labelled"
+
 #: Renders, for a failing row (a dict of its columns), what is wrong and how to fix it.
 Explain = Callable[[dict[str, Any]], str]
 
@@ -80,6 +83,13 @@ def sample_checks(params: Params) -> list[Check]:
         )
 
     true = {"value_set": [True]}
+
+    def empty_mask(row: dict[str, Any]) -> str:
+        return (
+            f"mask {row['mask']} has no labelled pixel (every pixel is the ignore index {params.data.ignore_index}): the "
+            "sample trains and scores nothing. Fix: annotate it or remove the sample"
+        )
+
     return [
         Check(
             "source_converts",
@@ -123,6 +133,7 @@ def sample_checks(params: Params) -> list[Check]:
         ),
         Check("sizes_match", SAMPLES_TABLE, "sizes_match", "image and mask have the same size", IN_SET, true),
         Check("labels_valid", SAMPLES_TABLE, "labels_valid", "mask values are class ids or the ignore index", IN_SET, true),
+        Check(EMPTY_MASKS, SAMPLES_TABLE, "has_labels", "mask has at least one labelled pixel", IN_SET, true, empty_mask),
     ]
 
 

@@ -23,6 +23,7 @@ from pspnet.data.shift import split_histograms, split_shift, version_shift
 from pspnet.data.sources.base import Expectations
 from pspnet.data.validation.checks import (
     CLASSES_TABLE,
+    EMPTY_MASKS,
     SAMPLES_TABLE,
     SHIFT_TABLE,
     SPLITS_TABLE,
@@ -99,10 +100,29 @@ class GateResult:
 
 
 def decides_gate(outcome: Outcome, cfg: ValidateConfig) -> bool:
-    """Does this outcome decide the gate? (Quarantined sample failures and shift warnings do not.)"""
+    """Does this outcome decide the gate? (Quarantined sample failures and warnings do not.)"""
     if outcome.check.table == SHIFT_TABLE:
         return cfg.fail_on_shift
+    if is_warning(outcome, cfg):
+        return False
     return outcome.check.table != SAMPLES_TABLE or not cfg.quarantine or outcome.error is not None
+
+
+def is_warning(outcome: Outcome, cfg: ValidateConfig) -> bool:
+    """A sample check reported as a warning, not a failure: empty masks under ``validate.empty_masks: warn``."""
+    return outcome.check.name == EMPTY_MASKS and cfg.empty_masks == "warn" and outcome.error is None
+
+
+def empty_mask_warnings(outcome: Outcome, limit: int) -> list[str]:
+    """The warning line of the samples whose masks hold no labelled pixel (none when there are none)."""
+    ids = outcome.unexpected_ids
+    if not ids:
+        return []
+    shown = ", ".join(ids[:limit]) + (f" ... and {len(ids) - limit} more" if len(ids) > limit else "")
+    return [
+        f"{len(ids)} sample(s) have a mask with no labelled pixel (every pixel is the ignore index), so they train and "
+        f"score nothing: {shown}. Fix: annotate or remove them; validate.empty_masks: reject fails the gate on them"
+    ]
 
 
 def _dataset_tables(
@@ -134,7 +154,8 @@ def run_gate(params: Params, data: PreparedData, docs_dir: Path, history: Sequen
     expect = Expectations.from_json(data.record.get("expect", {}))
     checks = sample_checks(params) + source_checks(expect, data.record.get("source", UNKNOWN_SOURCE))
     sample_outcomes = runner.run({SAMPLES_TABLE: samples}, checks)
-    failures = failing_samples(samples, sample_outcomes)
+    soft = [o for o in sample_outcomes if is_warning(o, cfg)]
+    failures = failing_samples(samples, [o for o in sample_outcomes if o not in soft])
     quarantined = [f["id"] for f in failures] if cfg.quarantine else []
     kept = data.profile[~data.profile["id"].isin(quarantined)]
     tables, coverage, histograms, shifts = _dataset_tables(kept, data, cfg.required_splits, history)
@@ -142,7 +163,8 @@ def run_gate(params: Params, data: PreparedData, docs_dir: Path, history: Sequen
     tables[SAMPLES_TABLE] = samples
 
     gate = [o for o in outcomes if decides_gate(o, cfg)]
-    warnings = failed_dataset_checks(tables, [o for o in outcomes if o not in gate and o.check.table == SHIFT_TABLE])
+    warnings = [line for o in soft for line in empty_mask_warnings(o, cfg.max_failures_listed)]
+    warnings += failed_dataset_checks(tables, [o for o in outcomes if o not in gate and o.check.table == SHIFT_TABLE])
     gate_failures = [] if cfg.quarantine else failures
     dataset_failures = failed_dataset_checks(tables, gate)
     success = all(o.success for o in gate) and not gate_failures and not dataset_failures
