@@ -119,10 +119,10 @@ def empty_mask_warnings(outcome: Outcome, limit: int) -> list[str]:
     if not ids:
         return []
     shown = ", ".join(ids[:limit]) + (f" ... and {len(ids) - limit} more" if len(ids) > limit else "")
-    return [
+    return [(
         f"{len(ids)} sample(s) have a mask with no labelled pixel (every pixel is the ignore index), so they train and "
         f"score nothing: {shown}. Fix: annotate or remove them; validate.empty_masks: reject fails the gate on them"
-    ]
+    )]
 
 
 def _dataset_tables(
