@@ -49,7 +49,8 @@ CLASSES = "background\nroad\ncar\n"
 
 
 def _rng(name: str) -> np.random.Generator:
-    return np.random.default_rng(sum(map(ord, name)))
+    # crc32, not a sum of character codes: "t2" and "v0" summed alike and made a train image's twin in val
+    return np.random.default_rng(zlib.crc32(name.encode()))
 
 
 def _image(name: str, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
@@ -253,6 +254,13 @@ def _scale_255(array: np.ndarray) -> None:
     array *= 255
 
 
+def _exif_rotated(root: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 3  # viewers turn it 180 degrees
+    _save(root / "images/train/exif.jpg", _image("exif"), exif=exif, quality=95)
+    _save(root / "masks/train/exif.png", _mask("exif"))
+
+
 DAMAGED = "replace it with an intact copy"
 CASES = [
     Case("truncated JPEG", "trunc", _truncated_jpeg, "unreadable_file", "images/train/trunc.jpg", "image file is truncated", DAMAGED),
@@ -291,6 +299,8 @@ CASES = [
          "images/train/nan.npy", "float image holds 1 NaN and 1 infinite value(s)", "replace NaN / inf values"),
     Case("float image outside [0, 1]", "range", lambda r: _float_image(r, "range", _scale_255), "float_values",
          "images/train/range.npy", "outside [0, 1]", "rescale"),
+    Case("JPEG that viewers turn (EXIF orientation)", "exif", _exif_rotated, "exif_orientation", "images/train/exif.jpg",
+         "EXIF orientation 3: viewers (and annotation tools) show these pixels rotated", "apply the rotation to the pixels"),
     Case("sample id that cannot be a file name", "bad name", lambda r: _pair(r, "train", "bad name"), "invalid_id",
          "images/train/bad name.png", "cannot be a file name", "rename the file"),
 ]  # fmt: skip
@@ -572,3 +582,19 @@ def test_a_mask_with_no_labelled_pixel_is_named_as_a_warning_or_rejected(tmp_pat
     assert "Fix: annotate it or remove the sample" in line
     assert rejected.failure("void")["failed_checks"] == ["mask_labelled"]
     assert [f["id"] for f in rejected.summary["failing_samples"]] == ["void"]
+
+
+def test_an_image_copied_into_another_split_is_named_with_its_twin(tmp_path: Path) -> None:
+    """Train/val leakage: a train image copied into val under another name (its mask redrawn).
+    Both copies fail, each naming the other; byte-identical images within one split are fine."""
+    root = _good_source(tmp_path)
+    (root / "images/val/copy.png").write_bytes((root / "images/train/t1.png").read_bytes())
+    _save(root / "masks/val/copy.png", _mask("copy"))
+    (root / "images/train/again.png").write_bytes((root / "images/train/t2.png").read_bytes())
+    _save(root / "masks/train/again.png", _mask("again"))
+    run = _run(tmp_path, _params())
+    assert "image images/copy.png is byte-identical to the image of t1 in another split" in run.line("copy")
+    assert "image images/t1.png is byte-identical to the image of copy in another split" in run.line("t1")
+    assert "Fix: remove one of the copies" in run.line("copy")
+    assert run.expectation("image_unique_across_splits")["unexpected_ids"] == ["t1", "copy"]
+    assert {f["id"] for f in run.summary["failing_samples"]} == {"t1", "copy"}

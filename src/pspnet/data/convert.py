@@ -83,6 +83,9 @@ MODE_NAMES = {
 DEEP_MODE_PREFIXES = ("I", "F")
 #: Errors PIL raises while decoding a damaged file.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+#: The EXIF tag saying how viewers must turn the stored pixels (1: as stored), and its check code.
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATION = "exif_orientation"
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,21 @@ def _opaque_rgb(rgba: np.ndarray, where: Path | str, mode: str) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
+def _check_orientation(img: Image.Image, path: Path) -> None:
+    """Refuse an image whose EXIF orientation turns it in viewers: its mask may have been drawn on
+    the turned view, and training reads the stored pixels, so the pair would silently disagree."""
+    orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    if orientation != 1:
+        raise SampleError(
+            path,
+            EXIF_ORIENTATION,
+            f"EXIF orientation {orientation}: viewers (and annotation tools) show these pixels rotated or mirrored, "
+            "training reads them as stored, so the mask may not match",
+            "apply the rotation to the pixels and drop the tag (e.g. PIL ImageOps.exif_transpose), check the mask "
+            "against the result, or remove the sample",
+        )
+
+
 def image_bytes(image: ImageData, options: WriteOptions, where: str = "image array") -> tuple[bytes, str, str | None]:
     """(file bytes, suffix, converted-from mode or ``None``) of the prepared image.
 
@@ -223,6 +241,7 @@ def image_bytes(image: ImageData, options: WriteOptions, where: str = "image arr
         with Image.open(_bytes_io.BytesIO(data)) as img:
             check_pixels(img.width, img.height, options.max_image_pixels)
             mode, source_format = img.mode, img.format
+            _check_orientation(img, image)
             problem = None if mode == RGB_MODE else _not_rgb(image, mode, options.non_rgb_images)
             if problem is not None:
                 raise problem

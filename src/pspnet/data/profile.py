@@ -14,6 +14,7 @@ the pixels.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections import deque
@@ -66,6 +67,7 @@ PROFILE_COLUMNS = (
     "labelled_pixels",
     "has_labels",
     "label_counts",
+    "image_md5",
     "problems",
 )
 #: Nullable dtypes, so "not applicable" (e.g. the size of an unreadable file) stays missing.
@@ -217,6 +219,11 @@ def _label_problem(rel: str, invalid: list[int], classes: ClassTable) -> list[st
     ]
 
 
+def _md5(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
 def profile_sample(
     prepared_dir: Path, row: dict[str, str], classes: ClassTable, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 ) -> dict[str, Any]:
@@ -272,6 +279,7 @@ def profile_sample(
         "labelled_pixels": labelled if single else None,
         "has_labels": labelled > 0 if single else None,
         "label_counts": json.dumps({str(k): v for k, v in counts.items()}),
+        "image_md5": _md5(prepared_dir / row["image"]) if image.readable else None,  # twins across splits
         "problems": PROBLEM_SEPARATOR.join(problems),
     }
 

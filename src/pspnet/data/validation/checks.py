@@ -84,6 +84,12 @@ def sample_checks(params: Params) -> list[Check]:
 
     true = {"value_set": [True]}
 
+    def shared_image(row: dict[str, Any]) -> str:
+        return (
+            f"image {row['image']} is byte-identical to the image of {row['same_image_as']} in another split: the model "
+            "would be scored on a picture it trained on. Fix: remove one of the copies (or keep both in one split)"
+        )
+
     def empty_mask(row: dict[str, Any]) -> str:
         return (
             f"mask {row['mask']} has no labelled pixel (every pixel is the ignore index {params.data.ignore_index}): the "
@@ -133,6 +139,10 @@ def sample_checks(params: Params) -> list[Check]:
         ),
         Check("sizes_match", SAMPLES_TABLE, "sizes_match", "image and mask have the same size", IN_SET, true),
         Check("labels_valid", SAMPLES_TABLE, "labels_valid", "mask values are class ids or the ignore index", IN_SET, true),
+        Check(
+            "image_unique_across_splits", SAMPLES_TABLE, "image_unique_across_splits",
+            "no image is byte-identical to an image of another split", IN_SET, true, shared_image,
+        ),  # fmt: skip
         Check(EMPTY_MASKS, SAMPLES_TABLE, "has_labels", "mask has at least one labelled pixel", IN_SET, true, empty_mask),
     ]
 

@@ -24,7 +24,23 @@ def samples_table(profile: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame
     """The ``samples`` table: the profile's rows, then one per sample ``prepare`` rejected, with
     the image size columns (:func:`with_size_columns`)."""
     rows = pd.concat([profile, rejected_rows(rejected)], ignore_index=True) if len(rejected) else profile
-    return with_size_columns(rows)
+    return with_shared_images(with_size_columns(rows))
+
+
+def with_shared_images(samples: pd.DataFrame) -> pd.DataFrame:
+    """Add ``same_image_as`` (the ids of other splits' samples whose image is byte-identical) and
+    ``image_unique_across_splits`` (missing where the manifest records no image md5)."""
+    md5 = samples["image_md5"] if "image_md5" in samples else pd.Series([None] * len(samples), index=samples.index)
+    by_md5: dict[str, list[tuple[str, str]]] = {}
+    for sample_id, split, digest in zip(samples["id"], samples["split"], md5, strict=True):
+        if isinstance(digest, str) and digest:
+            by_md5.setdefault(digest, []).append((sample_id, split))
+    shared = [
+        " ".join(i for i, s in by_md5.get(d, []) if s != split) if isinstance(d, str) and d else None
+        for split, d in zip(samples["split"], md5, strict=True)
+    ]
+    unique = pd.array([None if s is None else not s for s in shared], dtype="boolean")
+    return samples.assign(same_image_as=shared, image_unique_across_splits=unique)
 
 
 def with_size_columns(profile: pd.DataFrame) -> pd.DataFrame:
