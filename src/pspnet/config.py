@@ -219,6 +219,9 @@ class ValidateConfig(StrictModel):
     #: nothing): ``warn`` names them and lets them through; ``reject`` fails them like any
     #: failing sample (set aside with ``quarantine``).
     empty_masks: Literal["warn", "reject"] = "warn"
+    #: Warn when a split lost more than this fraction of its samples since the previous data
+    #: version validated (a partial copy looks like new data); 1 turns it off.
+    max_split_shrink: Annotated[float, Field(ge=0, le=1)] = 0.2
 
 
 #: ResNets built from basic blocks; ``stem: auto`` keeps torchvision's stem for them.

@@ -598,3 +598,21 @@ def test_an_image_copied_into_another_split_is_named_with_its_twin(tmp_path: Pat
     assert "Fix: remove one of the copies" in run.line("copy")
     assert run.expectation("image_unique_across_splits")["unexpected_ids"] == ["t1", "copy"]
     assert {f["id"] for f in run.summary["failing_samples"]} == {"t1", "copy"}
+
+
+def test_a_new_version_that_lost_samples_is_named_as_a_warning(tmp_path: Path) -> None:
+    """A partial copy (a sync cut short) looks like new data: the split that shrank by more than
+    validate.max_split_shrink since the last validated version is named, with both counts."""
+    root = _good_source(tmp_path)
+    for name in ("t3", "t4", "t5"):
+        _pair(root, "train", name)
+    first = _run(tmp_path, _params())
+    assert first.error is None and not [w for w in first.summary["warnings"] if "fewer than" in w]
+    for name in ("t3", "t4", "t5"):
+        (root / f"images/train/{name}.png").unlink()
+        (root / f"masks/train/{name}.png").unlink()
+    second = _run(tmp_path, _params())
+    assert second.error is None
+    [warning] = [w for w in second.summary["warnings"] if "fewer than" in w]
+    assert warning.startswith("split 'train' has 3 sample(s), 50% fewer than the 6 of data version ")
+    assert "Fix: check that the source is complete" in warning

@@ -88,6 +88,25 @@ def version_shift(
     ]  # fmt: skip
 
 
+def shrunk_splits(
+    history: Sequence[Mapping[str, Any]], version: str | None, sizes: Mapping[str, int], max_shrink: float
+) -> list[str]:
+    """One warning per split that lost more than ``max_shrink`` of its samples since the newest
+    other version validated (a partial copy or an interrupted sync looks like new data)."""
+    previous = next((e for e in reversed(history) if e.get("version") != version), None)
+    old = (previous or {}).get("split_sizes") or {}
+    lines = []
+    for split, before in old.items():
+        now = int(sizes.get(split, 0))
+        if before and (before - now) / before > max_shrink:
+            lines.append(
+                f"split {split!r} has {now} sample(s), {1 - now / before:.0%} fewer than the {before} of data version "
+                f"{previous.get('version')} validated before. Fix: check that the source is complete (a partial copy or "
+                "an interrupted sync?); raise validate.max_split_shrink if the samples were removed on purpose"
+            )
+    return lines
+
+
 def record_version(path: Path, entry: Mapping[str, Any], limit: int) -> None:
     """Append ``entry`` to the history (replacing an entry of the same version); keep ``limit``."""
     history = [e for e in load_history(path) if e.get("version") != entry.get("version")]

@@ -19,7 +19,7 @@ from pspnet.config import Params, ValidateConfig
 from pspnet.data.classes import CLASSES_FILE, ClassTable
 from pspnet.data.manifest import read_rejected
 from pspnet.data.profile import profile_dataset
-from pspnet.data.shift import split_histograms, split_shift, version_shift
+from pspnet.data.shift import shrunk_splits, split_histograms, split_shift, version_shift
 from pspnet.data.sources.base import Expectations
 from pspnet.data.validation.checks import (
     CLASSES_TABLE,
@@ -164,6 +164,8 @@ def run_gate(params: Params, data: PreparedData, docs_dir: Path, history: Sequen
 
     gate = [o for o in outcomes if decides_gate(o, cfg)]
     warnings = [line for o in soft for line in empty_mask_warnings(o, cfg.max_failures_listed)]
+    sizes = kept["split"].value_counts().to_dict()
+    warnings += shrunk_splits(history, data.version, sizes, cfg.max_split_shrink)
     warnings += failed_dataset_checks(tables, [o for o in outcomes if o not in gate and o.check.table == SHIFT_TABLE])
     gate_failures = [] if cfg.quarantine else failures
     dataset_failures = failed_dataset_checks(tables, gate)
@@ -180,5 +182,6 @@ def history_entry(data: PreparedData, result: GateResult) -> dict[str, Any]:
         "version": data.version,
         "source": data.record.get("source"),
         "num_samples": len(result.kept),
+        "split_sizes": {str(k): int(v) for k, v in result.kept["split"].value_counts().items()},
         "histograms": result.histograms,
     }
