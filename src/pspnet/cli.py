@@ -242,6 +242,9 @@ def ablation_command(
         Optional[str], typer.Option(help="Report path without suffix (.md and .json are written; default docs/ablation).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Keep the rows already in the report; run the others.")] = False,
+    preset: Annotated[
+        Optional[str], typer.Option(help="Run on a preset's settings (configs/<name>.yaml), e.g. context-hard; its name is the dataset's.")
+    ] = None,
     root: RootOption = Path("."),
 ) -> None:
     """The paper's ablations in miniature as `dvc exp run` experiments (see pspnet.ablation)."""
@@ -249,7 +252,25 @@ def ablation_command(
 
     _configure_logging()
     with exits_on_error("ablation"):
-        summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume)
+        summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume, preset=preset)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("erf")
+def erf_command(
+    checkpoint: Annotated[Optional[list[str]], typer.Option(help="NAME=PATH of a checkpoint to measure (repeat to compare; default: the trained model).")] = None,
+    split: Annotated[str, typer.Option(help="Prepared split whose images are averaged over.")] = "val",
+    images: Annotated[int, typer.Option(help="Evenly spaced images of the split (of the first image's size).")] = 16,
+    out: Annotated[Path, typer.Option(help="Report path without suffix (.json and .png are written).")] = Path("metrics/erf"),
+    params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
+    root: RootOption = Path("."),
+) -> None:
+    """Effective receptive field (Luo et al. 2016) of trained models: radii and a figure."""
+    from pspnet.receptive_fields import measure_checkpoints
+
+    _configure_logging()
+    with exits_on_error("erf"):
+        summary = measure_checkpoints(_params_path(params, root), root, checkpoint or [], split, images, out)
     typer.echo(json.dumps(summary, indent=2))
 
 

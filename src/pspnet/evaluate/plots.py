@@ -1,4 +1,5 @@
-"""Evaluation figures as PNG files: confusion matrix, training and learning curves, prediction overlays.
+"""Evaluation figures as PNG files: confusion matrix, training and learning curves, receptive
+fields, prediction overlays.
 
 Image plots rather than DVC's Vega plots because ``dvc plots show`` loads Vega from a CDN and
 renders blank offline, while PNGs show anywhere. Figures use matplotlib's object API on an
@@ -9,16 +10,17 @@ through :func:`pspnet.atomic_files.atomic_path`, so a reader never sees half a P
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
+from matplotlib.patches import Circle, Patch
 
 from pspnet import atomic_files
+from pspnet.evaluate.receptive_field import ReceptiveField
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,25 @@ def plot_learning_curve(curve_csv: str | Path, path: str | Path, title: str = "L
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_receptive_fields(fields: Mapping[str, ReceptiveField], path: str | Path, title: str = "Effective receptive field") -> Path:
+    """One panel per model: log10 of its ERF map, with circles at the radii holding 50% and 95%
+    of the gradient mass (:mod:`pspnet.evaluate.receptive_field`)."""
+    fig = _new_figure(4.2 * max(1, len(fields)), 3.8)
+    axes = fig.subplots(1, max(1, len(fields)), squeeze=False)[0]
+    for ax, (name, field) in zip(axes, fields.items(), strict=False):
+        floor = field.weights[field.weights > 0].min() if (field.weights > 0).any() else 1e-12
+        image = ax.imshow(np.log10(np.maximum(field.weights, floor)), cmap="magma")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="log10 share of gradient")
+        for share, style in ((0.5, ":"), (0.95, "-")):
+            radius = field.radius(share)
+            ax.add_patch(Circle(field.centre[::-1], radius, fill=False, color="cyan", linestyle=style))
+        ax.plot(field.centre[1], field.centre[0], "c+")
+        ax.set_title(f"{name}: r50 {field.radius(0.5):.0f} px, r95 {field.radius(0.95):.0f} px", fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(title)
     return save_figure(fig, path)
 
 
