@@ -21,7 +21,10 @@ from pspnet.presets import read_json
 #: Settings that do not make another recipe: the seed, where the same data was read from, and
 #: the learning curve's scoring (it leaves the weights unchanged: tests/train/test_curve.py).
 SEED_KEY = "train.seed"
-NOT_RECIPE = frozenset({SEED_KEY, "data.source.location", "train.curve_every_n_epochs", "train.curve_images", "train.curve_splits"})
+NOT_RECIPE = frozenset({
+    SEED_KEY, "data.source.location", "train.curve_every_n_epochs", "train.curve_images", "train.curve_splits",
+    "evaluate.confused_pairs",
+})
 
 
 def recipe_key(report: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

@@ -122,6 +122,22 @@ def test_hand_computed_matrix() -> None:
     assert summary["num_pixels"] == 10
 
 
+def test_confusion_rate_of_a_look_alike_pair() -> None:
+    # rows: truth (car, boat, sand), cols: prediction
+    m = np.array([[6, 3, 1],
+                  [2, 8, 0],
+                  [0, 5, 9]])
+    r = SegmentationMetrics.from_matrix(m)
+    assert r.confusion_rate(0, 1) == pytest.approx((3 + 2) / (10 + 10)) == r.confusion_rate(1, 0)
+    assert r.confusion_rate(1, 2) == pytest.approx((0 + 5) / (10 + 14))  # sand called boat counts, boat called car does not
+    summary = r.summary(("car", "boat", "sand"), [("car", "boat")])
+    assert summary["confusion"] == {"car/boat": pytest.approx(0.25)}
+    assert "confusion" not in r.summary(("car", "boat", "sand"))
+    with pytest.raises(ValueError, match=r"\['ship'\]"):
+        r.summary(("car", "boat", "sand"), [("car", "ship")])
+    assert math.isnan(SegmentationMetrics.from_matrix(np.diag([0, 0, 4])).confusion_rate(0, 1))
+
+
 def test_bad_mask_values_and_shapes() -> None:
     with pytest.raises(DataError, match=r"\[11\]"):
         confusion_matrix(torch.zeros(2, 2, dtype=torch.long), torch.tensor([[0, 11], [1, 255]]), 11, IGNORE)

@@ -85,8 +85,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Para
     return root, params, run.info.run_id
 
 
-def _independent_scores(root: Path, params: Params, split: str = "val") -> dict[str, float]:
-    """Per-image predictions of the checkpoint on ``split``, scored with torchmetrics' confusion matrix."""
+def _confusion(root: Path, params: Params, split: str = "val") -> np.ndarray:
+    """Torchmetrics' confusion matrix (rows: truth) of the checkpoint's predictions on ``split``."""
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.transforms import eval_transform
     from pspnet.model.checkpoint import load_checkpoint
@@ -97,7 +97,12 @@ def _independent_scores(root: Path, params: Params, split: str = "val") -> dict[
     with torch.no_grad():
         for image, mask in ds:
             cm.update(model(image[None]).argmax(1), mask[None])
-    m = cm.compute().numpy().astype(float)
+    return cm.compute().numpy().astype(float)
+
+
+def _independent_scores(root: Path, params: Params, split: str = "val") -> dict[str, float]:
+    """Per-image predictions of the checkpoint on ``split``, scored with torchmetrics' confusion matrix."""
+    m = _confusion(root, params, split)
     inter, target, pred = np.diag(m), m.sum(1), m.sum(0)
     union = target + pred - inter
     iou = [i / u for i, u in zip(inter, union) if u > 0]
@@ -187,6 +192,27 @@ def test_a_held_out_split_is_scored_beside_val_into_the_report_and_the_run(proje
     only_val = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"extra_splits": ()})})
     assert "holdout_miou" not in evaluate(only_val, root)
     assert "splits" not in json.loads((root / "metrics" / "eval.json").read_text())
+
+
+def test_look_alike_confusion_is_reported_per_split_and_logged(project: tuple[Path, Params, str]) -> None:
+    root, params, run_id = project
+    _make_prepared(root / params.paths.prepared, holdout=True)
+    pairs = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"confused_pairs": (("road", "car person"),)})})
+    evaluate(pairs, root)
+
+    report = json.loads((root / "metrics" / "eval.json").read_text())
+    for split, scores in (("val", report), ("holdout", report["splits"]["holdout"])):
+        m = _confusion(root, params, split)
+        expected = (m[1, 2] + m[2, 1]) / (m[1].sum() + m[2].sum())
+        assert scores["confusion"] == {"road/car person": pytest.approx(expected)}
+        key = f"{split}_confusion_road_car_person"
+        assert mlflow.tracking.MlflowClient().get_run(run_id).data.metrics[key] == pytest.approx(expected)
+
+    unknown = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"confused_pairs": (("car", "boat"),)})})
+    (root / "metrics" / "eval.json").unlink()
+    with pytest.raises(ConfigError, match=r"evaluate.confused_pairs names \['boat', 'car'\]"):
+        evaluate(unknown, root)
+    assert not (root / "metrics" / "eval.json").exists()  # refused before any scoring
 
 
 def test_evaluate_fails_fast_without_run_ref(project: tuple[Path, Params, str]) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,12 +123,25 @@ class SegmentationMetrics:
         """Labelled (non-ignored) pixels counted."""
         return int(self.target.sum())
 
-    def summary(self, class_names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    def confusion_rate(self, a: int, b: int) -> float:
+        """Share of the ground-truth pixels of classes ``a`` and ``b`` predicted as the other one
+        of the two (a look-alike pair's confusion); NaN when neither class has pixels."""
+        pixels = self.target[a] + self.target[b]
+        return float((self.matrix[a, b] + self.matrix[b, a]) / pixels) if pixels > 0 else math.nan
+
+    def summary(
+        self, class_names: tuple[str, ...] | list[str], confused_pairs: Sequence[tuple[str, str]] = ()
+    ) -> dict[str, Any]:
         """JSON-safe scores: ``miou``, ``miou_absent_as_zero``, ``macc``, ``allacc``, ``num_pixels``,
-        ``per_class_iou`` ``{name: iou}``. Undefined values (NaN) become ``None`` (JSON ``null``)."""
+        ``per_class_iou`` ``{name: iou}``, and with ``confused_pairs`` (class names) ``confusion``
+        ``{"a/b": rate}`` (:meth:`confusion_rate`). Undefined values (NaN) become ``None`` (JSON ``null``)."""
         if len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for a {self.num_classes}-class matrix")
-        return {
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted({name for pair in confused_pairs for name in pair} - index.keys())
+        if unknown:
+            raise ValueError(f"confused pair classes {unknown} are not among the classes {list(class_names)}")
+        out = {
             "miou": json_float(self.miou),
             "miou_absent_as_zero": json_float(self.miou_absent_as_zero),
             "macc": json_float(self.macc),
@@ -135,6 +149,9 @@ class SegmentationMetrics:
             "num_pixels": self.num_pixels,
             "per_class_iou": {name: json_float(v) for name, v in zip(class_names, self.iou)},
         }
+        if confused_pairs:
+            out["confusion"] = {f"{a}/{b}": json_float(self.confusion_rate(index[a], index[b])) for a, b in confused_pairs}
+        return out
 
 
 class ConfusionMatrix:

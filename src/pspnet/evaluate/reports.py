@@ -4,6 +4,7 @@ scored split, and its scores as flat ``val_*`` metrics for the tracking store.""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,13 @@ def write_reports(
     overlay_alpha: float,
     paths: ReportPaths,
     extra: dict[str, dict[str, Any]] | None = None,
+    confused_pairs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Write the metrics JSON (with the ``extra`` splits' summaries under ``splits``), the
     per-class CSV, the confusion matrix and the overlays of the images ``scored`` kept; returns
-    the metrics summary."""
+    the metrics summary (with the ``confused_pairs``' confusion rates)."""
     result = scored.metrics
-    summary = result.summary(classes.names)
+    summary = result.summary(classes.names, confused_pairs)
     atomic_files.write_json(paths.eval_metrics, {**summary, "num_images": len(dataset), **({"splits": extra} if extra else {})})
     write_per_class_csv(paths.per_class_iou, result, classes.names)
     plot_confusion_matrix(result.matrix, classes.names, paths.confusion_matrix,
@@ -76,10 +78,12 @@ def write_reports(
 
 
 def split_metrics(summary: dict[str, Any], split: str) -> dict[str, float]:
-    """The ``<split>_*`` metrics of a summary (mIoU, mAcc, allAcc and one IoU per class) for the tracking store."""
+    """The ``<split>_*`` metrics of a summary (mIoU, mAcc, allAcc, one IoU per class, the look-alike
+    pairs' confusion rates) for the tracking store."""
     prefix = safe_name(split)
     metrics = {f"{prefix}_{k}": v for k, v in summary.items() if k in TRACKED_SUMMARY}
     metrics.update({f"{prefix}_iou_{safe_name(name)}": v for name, v in summary["per_class_iou"].items()})
+    metrics.update({f"{prefix}_confusion_{safe_name(pair)}": v for pair, v in summary.get("confusion", {}).items()})
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
