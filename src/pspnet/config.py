@@ -79,6 +79,9 @@ class SyntheticConfig(StrictModel):
     border_ignore: NonNegativeInt = 1
     #: Standard deviation of the per-pixel Gaussian noise, in 0..255 intensity units.
     noise_std: NonNegativeFloat = 6.0
+    #: Least distance (px) between a vehicle and the cues that name it (cue band, skyline): with
+    #: a gap beyond a network's effective receptive field, only global context tells car from boat.
+    cue_gap: NonNegativeInt = 0
 
 
 #: Source names (``data.source.name``); each has an adapter in :mod:`pspnet.data.sources`.
@@ -449,6 +452,9 @@ class EvaluateConfig(StrictModel):
     #: Splits scored beside val when the prepared data has them (e.g. ``data.holdout.split``):
     #: their scores go to eval.json (``splits``), MLflow (``<split>_miou`` ...) and the reports.
     extra_splits: tuple[str, ...] = ("holdout", "test")
+    #: Look-alike class pairs (names) whose confusion rate is reported (eval.json ``confusion``,
+    #: MLflow ``<split>_confusion_<a>_<b>``): pixels of either class predicted as the other.
+    confused_pairs: tuple[tuple[str, str], ...] = ()
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

@@ -155,3 +155,44 @@ def test_outline_ring_of_a_square() -> None:
 def test_unknown_scene_is_refused() -> None:
     with pytest.raises(ValueError, match="scene"):
         _sample(0, scene="desert")
+
+
+def _row_gap(mask: np.ndarray, classes: tuple[int, ...], cues: tuple[int, ...]) -> float:
+    """Fewest rows between a pixel of ``classes`` and a pixel of ``cues`` (inf when one is absent)."""
+    rows = np.nonzero(np.isin(mask, classes).any(axis=1))[0]
+    cue_rows = np.nonzero(np.isin(mask, cues).any(axis=1))[0]
+    if rows.size == 0 or cue_rows.size == 0:
+        return float("inf")
+    return float(np.abs(rows[:, None] - cue_rows[None, :]).min())
+
+
+@pytest.mark.parametrize("scene", syn.SCENES)
+def test_cue_gap_keeps_every_vehicle_beyond_reach_of_the_cues(scene: str) -> None:
+    """Cue band and skyline (buildings) span the width, so a row gap is the Euclidean distance."""
+    gap = 20
+    closest = []
+    for seed in range(12):
+        _, mask = syn.generate_sample(np.random.default_rng(seed), 120, 128, scene=scene, cue_gap=gap)
+        assert np.isin(mask, (syn.CAR, syn.BOAT)).any()
+        for cues in ((syn.ROAD, syn.WATER), (syn.BUILDING,)):
+            closest.append(_row_gap(mask, (syn.CAR, syn.BOAT), cues))
+    assert min(closest) >= gap
+    # Without the gap vehicles touch the cue band's neighbourhood in some scenes.
+    near = [_row_gap(syn.generate_sample(np.random.default_rng(s), 120, 128, scene=scene)[1], (syn.CAR, syn.BOAT),
+                     (syn.ROAD, syn.WATER)) for s in range(12)]
+    assert min(near) < gap
+
+
+def test_no_gap_is_the_default() -> None:
+    image, mask = _sample(3)
+    image0, mask0 = syn.generate_sample(np.random.default_rng(3), HEIGHT, WIDTH, scene=None, cue_gap=0)
+    np.testing.assert_array_equal(image, image0)
+    np.testing.assert_array_equal(mask, mask0)
+
+
+def test_a_gap_too_wide_for_the_scene_is_refused_with_the_largest_that_fits() -> None:
+    from pspnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.synthetic.cue_gap 30 .* at most \d+"):
+        list(syn.iter_split(SyntheticConfig(height=96, width=128, train_size=1, val_size=1, cue_gap=30), "train"))
+    assert len(list(syn.iter_split(SyntheticConfig(height=96, width=128, train_size=1, val_size=1, cue_gap=12), "train"))) == 1

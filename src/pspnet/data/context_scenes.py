@@ -15,7 +15,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from pspnet.config import SyntheticConfig
+from pspnet.errors import ConfigError
 from pspnet.data.scene_drawing import (
+    CUE_BAND_FRAC_RANGE,
+    HORIZON_FRAC_RANGE,
+    OBJECT_SCALE_RANGE,
+    VEHICLE_ASPECT,
+    VEHICLE_BASE_WIDTH_FRAC,
     Grid,
     band_layout,
     buildings,
@@ -107,12 +113,14 @@ def generate_sample(
     noise_std: float = 6.0,
     ignore_index: int = IGNORE_INDEX,
     scene: str | None = None,
+    cue_gap: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene: ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
 
     ``mask`` holds class ids (:data:`CLASS_NAMES`) and ``ignore_index`` in a ring of
     ``border_ignore`` px along the inside of every object's (vehicle's or person's) outline.
-    ``scene`` is ``"road"`` or ``"water"``; ``None`` draws it at random.
+    ``scene`` is ``"road"`` or ``"water"``; ``None`` draws it at random. Vehicles keep
+    ``cue_gap`` px from the cue band and the skyline.
     """
     if scene is None:
         scene = SCENES[int(rng.integers(len(SCENES)))]
@@ -137,13 +145,25 @@ def generate_sample(
     for mask, colors in trees(rng, grid, layout.horizon):
         paint(mask, colors, TREE)
 
-    things = vehicles(rng, grid, layout, SCENE_VEHICLE_CLASS[scene]) + persons(rng, grid, layout, PERSON)
+    things = vehicles(rng, grid, layout, SCENE_VEHICLE_CLASS[scene], cue_gap) + persons(rng, grid, layout, PERSON)
     instances = np.zeros((height, width), dtype=np.int32)
     for number, thing in enumerate(sorted(things, key=lambda t: t.bottom), start=1):  # farther (higher) first
         paint(thing.mask, thing.colors, thing.label)
         instances[thing.mask] = number
     label[outline_ring(instances, border_ignore)] = ignore_index
     return finish(rng, image, noise_std), label
+
+
+def check_cue_gap(cfg: SyntheticConfig) -> None:
+    """Refuse a ``cue_gap`` that leaves no room for the smallest vehicle in the thinnest sand band."""
+    thinnest_sand = cfg.height * (1.0 - HORIZON_FRAC_RANGE[1] - CUE_BAND_FRAC_RANGE[1])
+    smallest_vehicle = VEHICLE_BASE_WIDTH_FRAC * cfg.width * OBJECT_SCALE_RANGE[0] * VEHICLE_ASPECT
+    if thinnest_sand - 2 * cfg.cue_gap < smallest_vehicle:
+        largest = max(0, int((thinnest_sand - smallest_vehicle) // 2))
+        raise ConfigError(
+            f"data.synthetic.cue_gap {cfg.cue_gap} px leaves no room for a vehicle between the cues of a "
+            f"{cfg.height}x{cfg.width} scene. Fix: set cue_gap to at most {largest}, or raise data.synthetic.height."
+        )
 
 
 def split_sizes(cfg: SyntheticConfig) -> dict[str, int]:
@@ -180,6 +200,7 @@ def generate_one(
         noise_std=cfg.noise_std,
         ignore_index=ignore_index,
         scene=sample_scene(index),
+        cue_gap=cfg.cue_gap,
     )
 
 
@@ -187,6 +208,7 @@ def iter_split(
     cfg: SyntheticConfig, split: str, ignore_index: int = IGNORE_INDEX
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(sample_id, image, mask)`` for every sample of ``split``, in index order."""
+    check_cue_gap(cfg)
     sizes = split_sizes(cfg)
     if split not in sizes:
         raise ValueError(f"unknown split {split!r}; the synthetic dataset has {list(sizes)}")

@@ -314,30 +314,33 @@ def _scale(rng: np.random.Generator) -> float:
 
 
 def _place(
-    rng: np.random.Generator, grid: Grid, layout: BandLayout, obj_h: float, obj_w: float
+    rng: np.random.Generator, grid: Grid, layout: BandLayout, obj_h: float, obj_w: float, gap: float = 0.0
 ) -> tuple[float, float, float, float]:
-    """Put an object box inside the sand band (keeping the margin), shrunk if it does not fit.
+    """Put an object box inside the sand band, shrunk if it does not fit, at least the margin
+    from the band's edges and at least ``gap`` px from the cue band and the skyline (the sand's
+    top edge always touches one of them; its bottom edge the cue band or the image border).
 
     Returns ``(top, left, box_height, box_width)``.
     """
     margin = OBJECT_MARGIN_FRAC * grid.height
-    room = max(1.0, layout.sand_bottom - layout.sand_top - 2 * margin)
+    above = max(margin, gap)
+    below = max(margin, gap) if layout.sand_bottom < grid.height else margin
+    room = max(1.0, layout.sand_bottom - layout.sand_top - above - below)
     shrink = min(1.0, room / obj_h, grid.width / obj_w)
     obj_h, obj_w = obj_h * shrink, obj_w * shrink
-    lowest = layout.sand_top + margin + obj_h
+    lowest = layout.sand_top + above + obj_h
     # A sand band thinner than the margins (small images) leaves no range: the object sits at its top.
-    bottom = rng.uniform(lowest, max(lowest, layout.sand_bottom - margin))
+    bottom = rng.uniform(lowest, max(lowest, layout.sand_bottom - below))
     left = rng.uniform(0, grid.width - obj_w)
     return bottom - obj_h, left, obj_h, obj_w
 
 
-def vehicle(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int) -> Thing:
-    """The car-or-boat: a hull with a dark bottom stripe and a cabin with two windows.
-
-    Nothing in its drawing depends on ``label``.
+def vehicle(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0) -> Thing:
+    """The car-or-boat: a hull with a dark bottom stripe and a cabin with two windows, at least
+    ``gap`` px from the cue band and the skyline. Nothing in its drawing depends on ``label``.
     """
     obj_w = VEHICLE_BASE_WIDTH_FRAC * grid.width * _scale(rng)
-    top, left, h, w = _place(rng, grid, layout, VEHICLE_ASPECT * obj_w, obj_w)
+    top, left, h, w = _place(rng, grid, layout, VEHICLE_ASPECT * obj_w, obj_w, gap)
     bottom, hull_top = top + h, top + CABIN_HEIGHT_SHARE * h
     cabin_left = left + _uniform(rng, CABIN_OFFSET_SHARE_RANGE) * w
     cabin_w = CABIN_WIDTH_SHARE * w
@@ -373,9 +376,9 @@ def person(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int)
     return Thing(head | torso | legs, colors, label, round(top + h))
 
 
-def vehicles(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int) -> list[Thing]:
-    """A few vehicles (:data:`VEHICLE_COUNT_RANGE`), all of class ``label``."""
-    return [vehicle(rng, grid, layout, label) for _ in range(_integer(rng, VEHICLE_COUNT_RANGE))]
+def vehicles(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0) -> list[Thing]:
+    """A few vehicles (:data:`VEHICLE_COUNT_RANGE`), all of class ``label``, ``gap`` px clear of the cues."""
+    return [vehicle(rng, grid, layout, label, gap) for _ in range(_integer(rng, VEHICLE_COUNT_RANGE))]
 
 
 def persons(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int) -> list[Thing]:
