@@ -30,6 +30,15 @@ def test_ablation_rows_are_dvc_experiments_and_the_report_is_written(tmp_path: P
     # Same training params: DVC reruns only evaluate/register, so the training record is the same.
     assert msflip["train_seconds"] == psp["train_seconds"]
 
+    # Statistics: the test-time comparison (same model, flip + scales) from the kept per-image scores.
+    (test_time,) = json.loads((project / "docs/abl.json").read_text())["comparisons"]
+    assert test_time["name"] == "test-time" and test_time["seeds"] == [0]
+    assert test_time["gain"] == pytest.approx(msflip["miou"] - psp["miou"])
+    assert test_time["shown"] == (test_time["lower_bound"] > 0)
+    assert {p.name for p in (project / "docs/abl-scores").iterdir()} == {
+        "abl-pspnet-s0.npz", "abl-pspnet-s0-erf.npy", "abl-pspnet-msflip-s0.npz", "abl-pspnet-msflip-s0-erf.npy"}
+    assert psp["erf"]["r50"] <= psp["erf"]["r95"] and psp["dataset"] == "context-scenes"
+
     table = (project / "docs/abl.md").read_text()
     assert "| pspnet-msflip |" in table
     assert "dvc exp run -n abl-pspnet-msflip-s0" in table and "'evaluate.scales=[0.75,1.0,1.25,1.5]'" in table

@@ -21,6 +21,7 @@ The first version (no champion) is promoted. Everything here is pure numpy on th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,9 +88,22 @@ def paired_bootstrap(
     challenger: ImageScores, champion: ImageScores, metric: str, samples: int, confidence: float, seed: int
 ) -> Bootstrap:
     """Resample images (the same for both models) and return the gain's lower confidence bound."""
-    check_comparable(challenger, champion)
-    n = len(challenger.ids)
-    gain = challenger.metric(metric) - champion.metric(metric)
+    return seed_paired_bootstrap([(challenger, champion)], metric, samples, confidence, seed)
+
+
+def seed_paired_bootstrap(
+    pairs: Sequence[tuple[ImageScores, ImageScores]], metric: str, samples: int, confidence: float, seed: int
+) -> Bootstrap:
+    """:func:`paired_bootstrap` of the mean gain over several ``(challenger, champion)`` pairs (one
+    per training seed) scored on the same images: each resample draws one multiset of images and
+    applies it to every pair, so the bound covers image sampling, with the seeds averaged."""
+    if not pairs:
+        raise ValueError("seed_paired_bootstrap needs at least one (challenger, champion) pair")
+    for challenger, champion in pairs:
+        check_comparable(challenger, champion)
+        check_comparable(challenger, pairs[0][0])
+    n = len(pairs[0][0].ids)
+    gain = float(np.mean([c.metric(metric) - b.metric(metric) for c, b in pairs]))
     if n == 0:
         return Bootstrap(gain, math.nan, confidence, 0, math.nan)
     rng = np.random.default_rng(seed)
@@ -97,10 +111,12 @@ def paired_bootstrap(
     for start in range(0, samples, BOOTSTRAP_CHUNK):
         size = min(BOOTSTRAP_CHUNK, samples - start)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size)  # (size, n): times each image is drawn
-        scores = [
-            mean_iou(iou_from_sums(weights @ s.inter, weights @ s.union), metric) for s in (challenger, champion)
+        per_pair = [
+            mean_iou(iou_from_sums(weights @ c.inter, weights @ c.union), metric)
+            - mean_iou(iou_from_sums(weights @ b.inter, weights @ b.union), metric)
+            for c, b in pairs
         ]
-        gains.append(scores[0] - scores[1])
+        gains.append(np.mean(per_pair, axis=0))
     resampled = np.concatenate(gains)
     resampled = resampled[np.isfinite(resampled)]
     if resampled.size == 0:
