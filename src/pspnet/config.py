@@ -454,7 +454,8 @@ class EvaluateConfig(StrictModel):
     extra_splits: tuple[str, ...] = ("holdout", "test")
     #: Look-alike class pairs (names) whose confusion rate is reported (eval.json ``confusion``,
     #: MLflow ``<split>_confusion_<a>_<b>``): pixels of either class predicted as the other.
-    confused_pairs: tuple[tuple[str, str], ...] = ()
+    #: ``dataset``: the pairs the prepared data declares (classes.json; context scenes: car/boat).
+    confused_pairs: Literal["dataset"] | tuple[tuple[str, str], ...] = "dataset"
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

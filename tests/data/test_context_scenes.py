@@ -29,6 +29,10 @@ def test_class_table_is_consistent() -> None:
     assert len(syn.CLASS_NAMES) == len(syn.CLASS_COLORS) == 9
     assert len(set(syn.CLASS_COLORS)) == len(syn.CLASS_COLORS)
     assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in syn.CLASS_COLORS)
+    from pspnet.data.classes import ClassTable
+
+    with pytest.raises(ValueError, match=r"look-alike classes \['ship'\]"):
+        ClassTable(("car", "boat"), ((0, 0, 0), (1, 1, 1)), lookalikes=(("car", "ship"),))
 
 
 def test_same_seed_same_sample_and_different_seed_different() -> None:

@@ -46,6 +46,7 @@ def test_prepare_writes_the_canonical_form(tmp_path: Path) -> None:
 
     classes = ClassTable.load(folder / "classes.json")
     assert classes.names == syn.CLASS_NAMES and classes.colors == syn.CLASS_COLORS and classes.ignore_index == 255
+    assert classes.lookalikes == (('car', 'boat'),)  # evaluation reports their confusion by default
 
     cfg = params.data.synthetic
     for row in manifest.itertuples():

@@ -208,6 +208,13 @@ def test_look_alike_confusion_is_reported_per_split_and_logged(project: tuple[Pa
         key = f"{split}_confusion_road_car_person"
         assert mlflow.tracking.MlflowClient().get_run(run_id).data.metrics[key] == pytest.approx(expected)
 
+    # The default (`dataset`): the pairs classes.json declares, none when it declares none.
+    ClassTable(NAMES, COLORS, 255, lookalikes=(("sky", "road"),)).save(root / params.paths.prepared / "classes.json")
+    evaluate(params, root)
+    report = json.loads((root / "metrics" / "eval.json").read_text())
+    assert set(report["confusion"]) == {"sky/road"} and set(report["splits"]["holdout"]["confusion"]) == {"sky/road"}
+    assert ClassTable.load(root / params.paths.prepared / "classes.json").lookalikes == (("sky", "road"),)
+
     unknown = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"confused_pairs": (("car", "boat"),)})})
     (root / "metrics" / "eval.json").unlink()
     with pytest.raises(ConfigError, match=r"evaluate.confused_pairs names \['boat', 'car'\]"):

@@ -18,17 +18,23 @@ CLASSES_FILE = "classes.json"
 
 @dataclass(frozen=True)
 class ClassTable:
-    """Class ``i`` is ``names[i]``, drawn as ``colors[i]`` (RGB 0..255); ``ignore_index`` is never a class."""
+    """Class ``i`` is ``names[i]``, drawn as ``colors[i]`` (RGB 0..255); ``ignore_index`` is never a
+    class. ``lookalikes``: pairs of class names that only context tells apart (the dataset's own
+    knowledge; evaluation reports how often they are confused)."""
 
     names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     ignore_index: int = 255
+    lookalikes: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.colors):
             raise ValueError(f"{len(self.names)} class names but {len(self.colors)} colours")
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"class names must be unique: {list(self.names)}")
+        unknown = sorted({name for pair in self.lookalikes for name in pair} - set(self.names))
+        if unknown:
+            raise ValueError(f"look-alike classes {unknown} are not among the classes {list(self.names)}")
         if self.ignore_index < len(self.names):
             raise ConfigError(
                 f"data.ignore_index {self.ignore_index} collides with class id {self.ignore_index} of "
@@ -41,10 +47,13 @@ class ClassTable:
         return len(self.names)
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "classes": [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(zip(self.names, self.colors))],
             "ignore_index": self.ignore_index,
         }
+        if self.lookalikes:  # only then: other datasets' files (and data versions) stay as they were
+            out["lookalikes"] = [list(pair) for pair in self.lookalikes]
+        return out
 
     def save(self, path: str | Path) -> None:
         atomic_files.write_json(path, self.to_json())
@@ -61,6 +70,7 @@ class ClassTable:
                 names=tuple(str(e["name"]) for e in entries),
                 colors=tuple(tuple(int(v) for v in e["color"]) for e in entries),  # type: ignore[misc]
                 ignore_index=int(raw["ignore_index"]),
+                lookalikes=tuple((str(a), str(b)) for a, b in raw.get("lookalikes", [])),
             )
         except FileNotFoundError:
             raise DataError(f"{path}: class table not found. Run the `prepare` stage first (dvc repro prepare).") from None

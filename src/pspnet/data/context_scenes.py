@@ -54,6 +54,8 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (220, 20, 60),  # person: crimson
 )
 SKY, BUILDING, TREE, ROAD, WATER, SAND, CAR, BOAT, PERSON = range(len(CLASS_NAMES))
+#: Classes drawn alike and told apart by the scene alone.
+LOOKALIKES: tuple[tuple[str, str], ...] = (("car", "boat"),)
 #: The label of pixels that no loss or metric counts (object outlines).
 IGNORE_INDEX = 255
 

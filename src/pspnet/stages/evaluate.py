@@ -87,13 +87,16 @@ def _load_trained(layout: Layout, classes: ClassTable) -> Any:
     return ckpt
 
 
-def _check_confused_pairs(pairs: Any, classes: ClassTable) -> None:
+def confused_pairs(cfg: Any, classes: ClassTable) -> tuple[tuple[str, str], ...]:
+    """The look-alike pairs to report: ``evaluate.confused_pairs``, or the dataset's own ones."""
+    pairs = classes.lookalikes if cfg.confused_pairs == "dataset" else cfg.confused_pairs
     unknown = sorted({name for pair in pairs for name in pair} - set(classes.names))
     if unknown:
         raise ConfigError(
             f"evaluate.confused_pairs names {unknown}, not classes of the prepared data "
-            f"({_preview(classes.names)}). Fix: list pairs of its classes in params.yaml, or [] for none."
+            f"({_preview(classes.names)}). Fix: list pairs of its classes in params.yaml, or `dataset`."
         )
+    return tuple(pairs)
 
 
 def _score_extra_splits(
@@ -108,7 +111,7 @@ def _score_extra_splits(
             model, dataset, classes.names, classes.ignore_index, params.evaluate, device, data_version(layout.prepared),
             num_workers=params.train.num_workers, desc=f"evaluate {split}",
         )
-        summaries[split] = {**scored.metrics.summary(classes.names, params.evaluate.confused_pairs), "num_images": len(dataset)}
+        summaries[split] = {**scored.metrics.summary(classes.names, confused_pairs(params.evaluate, classes)), "num_images": len(dataset)}
         log.info("evaluate: %s mIoU %.4f over %d images", split, scored.metrics.miou, len(dataset))
     return summaries
 
@@ -156,7 +159,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
 
     # Everything that can fail cheaply fails before inference.
     classes = load_classes(layout.prepared, params.data.ignore_index)
-    _check_confused_pairs(cfg.confused_pairs, classes)
+    pairs = confused_pairs(cfg, classes)
     ref = RunRef.load(layout.run_ref)
     setup_mlflow(params.mlflow, root)
     _check_run(ref, layout)
@@ -171,7 +174,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     )
     extra = _score_extra_splits(params, layout, ckpt.model, ckpt.model_cfg, classes, device)
     paths = ReportPaths(layout.eval_metrics, layout.per_class_iou, layout.confusion_matrix, layout.overlays)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, cfg.confused_pairs)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs)
     scored.images.save(layout.per_image_scores)
     plot_training_curve(layout.train_history, layout.training_curve)
     _log_to_run(ref, layout, val_metrics(summary, extra), {INFERENCE_TAG: inference_tag(cfg)})
@@ -209,7 +212,7 @@ def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoad
     layout = Layout(root, params.paths)
     cfg = params.evaluate
     classes = load_classes(layout.prepared, params.data.ignore_index)
-    _check_confused_pairs(cfg.confused_pairs, classes)
+    pairs = confused_pairs(cfg, classes)
     segmenter = load_model(model, params, root)
     if list(segmenter.class_names) != list(classes.names):
         raise PspnetError(
@@ -228,7 +231,7 @@ def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoad
     extra = _score_extra_splits(params, layout, segmenter.model, model_cfg, classes, device)
     out = Path(out) if out is not None else layout.model_reports / safe_name(model)
     paths = ReportPaths(out / EVAL_METRICS_FILE, out / PER_CLASS_IOU_FILE, out / CONFUSION_MATRIX_FILE, out / OVERLAYS_DIR)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, cfg.confused_pairs)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs)
 
     mlflow.set_experiment(params.mlflow.experiment_name)
     tags = {**run_tags(root), **dataset_tags(layout.prepared), MODEL_TAG: model, INFERENCE_TAG: inference_tag(cfg)}

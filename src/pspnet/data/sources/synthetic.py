@@ -20,7 +20,8 @@ def synthetic_source(params: Params, folders: SourceFolders) -> SourceData:
     """Generate the dataset (lazily, in order: the generator's random stream is sequential)."""
     cfg = params.data.synthetic
     ignore = params.data.ignore_index
-    classes = ClassTable(names=context_scenes.CLASS_NAMES, colors=context_scenes.CLASS_COLORS, ignore_index=ignore)
+    classes = ClassTable(names=context_scenes.CLASS_NAMES, colors=context_scenes.CLASS_COLORS, ignore_index=ignore,
+                         lookalikes=context_scenes.LOOKALIKES)
 
     def samples() -> Iterator[SampleRef]:
         for split in context_scenes.SPLITS:
