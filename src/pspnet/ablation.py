@@ -226,5 +226,5 @@ def run_ablation(
                 raise PspnetError(f"ablation row {row.name!r} (seed {seed}): {err} The rows before it are in {out_path.with_suffix('.json')}.") from None
             results.append(collect_row(root, row, seed, seconds, dataset, preset_settings, scores_dir))
             results.sort(key=lambda r: (r["dataset"], r["seed"], ROW_NAMES.index(r["row"])))
-            _save(out_path, results, scores_dir, params.register)
+            _save(out_path, results, scores_dir, params.register_)
     return {"rows": len(results), "report": str(out_path.with_suffix(".md"))}
