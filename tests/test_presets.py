@@ -28,12 +28,16 @@ def project(tmp_path: Path) -> Path:
 def test_every_shipped_preset_is_valid(preset: str) -> None:
     path, settings, params = load_preset(REPO_ROOT, preset)
     assert path == REPO_ROOT / "configs" / f"{preset}.yaml" and settings
-    assert params.data.source.name == "camvid" and params.register_.model_name == "pspnet-camvid"
+    # Every preset registers under its own model: champions compare on the same data only.
+    assert params.register_.model_name != "pspnet"
+    if params.data.source.name == "camvid":
+        assert params.register_.model_name == "pspnet-camvid"
 
 
 def test_the_cpu_preset_is_the_documented_one() -> None:
     _, settings, params = load_preset(REPO_ROOT, "camvid-cpu")
-    assert params.model.encoder == "resnet18" and params.model.output_stride == 8
+    assert params.model.encoder == "resnet18" and params.model.output_stride == 16 and params.train.epochs == 64
+    assert params.train.color_jitter.p == 0.8  # the recipe that held up on the held-out sequence (docs/results.md)
     assert params.train.class_weights == "median_frequency" and params.train.device == "auto"
     assert settings["data.source.location"] == "../shared/datasets/camvid"
 

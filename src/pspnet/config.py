@@ -47,6 +47,8 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
+#: A share of the image height, strictly between 0 and 1.
+HeightShare = Annotated[float, Field(gt=0, lt=1)]
 
 
 class StrictModel(BaseModel):
@@ -82,6 +84,22 @@ class SyntheticConfig(StrictModel):
     #: Least distance (px) between a vehicle and the cues that name it (cue band, skyline): with
     #: a gap beyond a network's effective receptive field, only global context tells car from boat.
     cue_gap: NonNegativeInt = 0
+    #: Road scenes get buildings on the skyline: a second cue, near the horizon. False leaves
+    #: the cue band as the only one, so vehicles can stand far from every cue.
+    skyline_cue: bool = True
+    #: Row of the horizon and height of the cue band, as ranges of fractions of the height.
+    horizon_frac: tuple[HeightShare, HeightShare] = (0.26, 0.36)
+    cue_band_frac: tuple[HeightShare, HeightShare] = (0.16, 0.24)
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> SyntheticConfig:
+        for name in ("horizon_frac", "cue_band_frac"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"data.synthetic.{name}: [{low}, {high}] is not a range (low above high)")
+        if self.horizon_frac[1] + self.cue_band_frac[1] >= 1:
+            raise ValueError("data.synthetic: horizon_frac and cue_band_frac leave no room for the sand band (their highs sum to 1 or more)")
+        return self
 
 
 #: Source names (``data.source.name``); each has an adapter in :mod:`pspnet.data.sources`.

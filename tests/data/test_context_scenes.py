@@ -200,3 +200,25 @@ def test_a_gap_too_wide_for_the_scene_is_refused_with_the_largest_that_fits() ->
     with pytest.raises(ConfigError, match=r"data.synthetic.cue_gap 30 .* at most \d+"):
         list(syn.iter_split(SyntheticConfig(height=96, width=128, train_size=1, val_size=1, cue_gap=30), "train"))
     assert len(list(syn.iter_split(SyntheticConfig(height=96, width=128, train_size=1, val_size=1, cue_gap=12), "train"))) == 1
+
+
+def test_without_the_skyline_cue_the_band_is_the_only_cue_and_the_gap_can_grow() -> None:
+    """The context-hard layout: no buildings, a low sky, a thin band, vehicles far from it."""
+    cfg = SyntheticConfig(height=192, width=256, train_size=8, val_size=1, cue_gap=100, skyline_cue=False,
+                          horizon_frac=(0.10, 0.14), cue_band_frac=(0.12, 0.16))
+    for _, _, mask in syn.iter_split(cfg, "train"):
+        assert not (mask == syn.BUILDING).any()
+        assert _row_gap(mask, (syn.CAR, syn.BOAT), (syn.ROAD, syn.WATER)) >= 100
+    from pspnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cue_gap 100"):  # with the skyline cue it must clear both
+        syn.check_cue_gap(cfg.model_copy(update={"skyline_cue": True}))
+
+
+def test_band_fractions_must_be_ranges_that_leave_sand() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not a range"):
+        SyntheticConfig(horizon_frac=(0.3, 0.2))
+    with pytest.raises(ValidationError, match="no room for the sand band"):
+        SyntheticConfig(horizon_frac=(0.5, 0.6), cue_band_frac=(0.3, 0.4))

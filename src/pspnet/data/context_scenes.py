@@ -116,20 +116,24 @@ def generate_sample(
     ignore_index: int = IGNORE_INDEX,
     scene: str | None = None,
     cue_gap: int = 0,
+    skyline_cue: bool = True,
+    horizon_frac: tuple[float, float] = HORIZON_FRAC_RANGE,
+    cue_band_frac: tuple[float, float] = CUE_BAND_FRAC_RANGE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene: ``(image uint8 (H, W, 3), mask uint8 (H, W))``.
 
     ``mask`` holds class ids (:data:`CLASS_NAMES`) and ``ignore_index`` in a ring of
     ``border_ignore`` px along the inside of every object's (vehicle's or person's) outline.
     ``scene`` is ``"road"`` or ``"water"``; ``None`` draws it at random. Vehicles keep
-    ``cue_gap`` px from the cue band and the skyline.
+    ``cue_gap`` px from the cue band, and from the skyline when ``skyline_cue`` (road scenes
+    get buildings only then). The fractions set the rows of the horizon and the cue band.
     """
     if scene is None:
         scene = SCENES[int(rng.integers(len(SCENES)))]
     if scene not in SCENES:
         raise ValueError(f"scene must be one of {list(SCENES)}, got {scene!r}")
     grid = Grid.of(height, width)
-    layout = band_layout(rng, height)
+    layout = band_layout(rng, height, horizon_frac, cue_band_frac)
     image = np.empty((height, width, 3), dtype=np.float32)
     label = np.empty((height, width), dtype=np.uint8)
 
@@ -141,13 +145,13 @@ def generate_sample(
     paint(grid.yy >= layout.horizon, sand(rng, grid), SAND)
     cue = (grid.yy >= layout.cue_top) & (grid.yy < layout.cue_bottom)
     paint(cue, road(rng, grid, layout) if scene == SCENE_ROAD else water(rng, grid), SCENE_CUE_CLASS[scene])
-    if scene == SCENE_ROAD:
+    if scene == SCENE_ROAD and skyline_cue:
         for mask, colors in buildings(rng, grid, layout.horizon):
             paint(mask, colors, BUILDING)
     for mask, colors in trees(rng, grid, layout.horizon):
         paint(mask, colors, TREE)
 
-    things = vehicles(rng, grid, layout, SCENE_VEHICLE_CLASS[scene], cue_gap) + persons(rng, grid, layout, PERSON)
+    things = vehicles(rng, grid, layout, SCENE_VEHICLE_CLASS[scene], cue_gap, skyline_cue) + persons(rng, grid, layout, PERSON)
     instances = np.zeros((height, width), dtype=np.int32)
     for number, thing in enumerate(sorted(things, key=lambda t: t.bottom), start=1):  # farther (higher) first
         paint(thing.mask, thing.colors, thing.label)
@@ -158,10 +162,11 @@ def generate_sample(
 
 def check_cue_gap(cfg: SyntheticConfig) -> None:
     """Refuse a ``cue_gap`` that leaves no room for the smallest vehicle in the thinnest sand band."""
-    thinnest_sand = cfg.height * (1.0 - HORIZON_FRAC_RANGE[1] - CUE_BAND_FRAC_RANGE[1])
+    thinnest_sand = cfg.height * (1.0 - cfg.horizon_frac[1] - cfg.cue_band_frac[1])
     smallest_vehicle = VEHICLE_BASE_WIDTH_FRAC * cfg.width * OBJECT_SCALE_RANGE[0] * VEHICLE_ASPECT
-    if thinnest_sand - 2 * cfg.cue_gap < smallest_vehicle:
-        largest = max(0, int((thinnest_sand - smallest_vehicle) // 2))
+    gaps = 2 if cfg.skyline_cue else 1  # between two cues, or off the cue band only
+    if thinnest_sand - gaps * cfg.cue_gap < smallest_vehicle:
+        largest = max(0, int((thinnest_sand - smallest_vehicle) // gaps))
         raise ConfigError(
             f"data.synthetic.cue_gap {cfg.cue_gap} px leaves no room for a vehicle between the cues of a "
             f"{cfg.height}x{cfg.width} scene. Fix: set cue_gap to at most {largest}, or raise data.synthetic.height."
@@ -203,6 +208,9 @@ def generate_one(
         ignore_index=ignore_index,
         scene=sample_scene(index),
         cue_gap=cfg.cue_gap,
+        skyline_cue=cfg.skyline_cue,
+        horizon_frac=cfg.horizon_frac,
+        cue_band_frac=cfg.cue_band_frac,
     )
 
 

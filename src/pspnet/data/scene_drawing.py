@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# --------------------------------------------------------------------------------------------
-# Layout (fractions of the image height unless stated otherwise)
-# --------------------------------------------------------------------------------------------
+# -- Layout (fractions of the image height unless stated otherwise) --
 
 #: Row of the horizon (bottom of the sky band).
 HORIZON_FRAC_RANGE = (0.26, 0.36)
@@ -76,9 +74,7 @@ TORSO_HEIGHT_SHARE = 0.4
 #: The legs are narrower than the torso by this share of its width on each side.
 LEGS_INSET_SHARE = 0.15
 
-# --------------------------------------------------------------------------------------------
-# Appearance (RGB 0..255)
-# --------------------------------------------------------------------------------------------
+# -- Appearance (RGB 0..255) --
 
 SKY_COLOR = (130, 185, 235)
 #: The sky gets this much lighter (relative) from its top to the horizon.
@@ -175,9 +171,7 @@ class Thing:
 #: A region to paint: ``(mask bool (H, W), colours float32 (H, W, 3))``.
 Part = tuple[np.ndarray, np.ndarray]
 
-# --------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------
+# -- Small helpers --
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -217,15 +211,18 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return top * (1 - fy) + bottom * fy
 
 
-# --------------------------------------------------------------------------------------------
-# Scene parts
-# --------------------------------------------------------------------------------------------
+# -- Scene parts --
 
 
-def band_layout(rng: np.random.Generator, height: int) -> BandLayout:
-    """Draw the band rows: the cue band lies above or below the sand band."""
-    horizon = round(_uniform(rng, HORIZON_FRAC_RANGE) * height)
-    cue_height = round(_uniform(rng, CUE_BAND_FRAC_RANGE) * height)
+def band_layout(
+    rng: np.random.Generator,
+    height: int,
+    horizon_frac: tuple[float, float] = HORIZON_FRAC_RANGE,
+    cue_band_frac: tuple[float, float] = CUE_BAND_FRAC_RANGE,
+) -> BandLayout:
+    """Draw the band rows (fractions of ``height``): the cue band lies above or below the sand band."""
+    horizon = round(_uniform(rng, horizon_frac) * height)
+    cue_height = round(_uniform(rng, cue_band_frac) * height)
     if rng.random() < CUE_ABOVE_SAND_PROB:
         return BandLayout(horizon, horizon, horizon + cue_height, horizon + cue_height, height)
     return BandLayout(horizon, height - cue_height, height, horizon, height - cue_height)
@@ -314,17 +311,20 @@ def _scale(rng: np.random.Generator) -> float:
 
 
 def _place(
-    rng: np.random.Generator, grid: Grid, layout: BandLayout, obj_h: float, obj_w: float, gap: float = 0.0
+    rng: np.random.Generator, grid: Grid, layout: BandLayout, obj_h: float, obj_w: float,
+    gap: float = 0.0, skyline_cue: bool = True,
 ) -> tuple[float, float, float, float]:
     """Put an object box inside the sand band, shrunk if it does not fit, at least the margin
-    from the band's edges and at least ``gap`` px from the cue band and the skyline (the sand's
-    top edge always touches one of them; its bottom edge the cue band or the image border).
+    from the band's edges and at least ``gap`` px from the cue band, and from the skyline when
+    ``skyline_cue`` (the sand's top edge touches one of them, its bottom edge the cue band or
+    the image border).
 
     Returns ``(top, left, box_height, box_width)``.
     """
     margin = OBJECT_MARGIN_FRAC * grid.height
-    above = max(margin, gap)
-    below = max(margin, gap) if layout.sand_bottom < grid.height else margin
+    cue_below = layout.sand_bottom < grid.height
+    above = max(margin, gap) if (skyline_cue or not cue_below) else margin
+    below = max(margin, gap) if cue_below else margin
     room = max(1.0, layout.sand_bottom - layout.sand_top - above - below)
     shrink = min(1.0, room / obj_h, grid.width / obj_w)
     obj_h, obj_w = obj_h * shrink, obj_w * shrink
@@ -335,12 +335,14 @@ def _place(
     return bottom - obj_h, left, obj_h, obj_w
 
 
-def vehicle(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0) -> Thing:
+def vehicle(
+    rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0, skyline_cue: bool = True
+) -> Thing:
     """The car-or-boat: a hull with a dark bottom stripe and a cabin with two windows, at least
-    ``gap`` px from the cue band and the skyline. Nothing in its drawing depends on ``label``.
+    ``gap`` px from the cues (:func:`_place`). Nothing in its drawing depends on ``label``.
     """
     obj_w = VEHICLE_BASE_WIDTH_FRAC * grid.width * _scale(rng)
-    top, left, h, w = _place(rng, grid, layout, VEHICLE_ASPECT * obj_w, obj_w, gap)
+    top, left, h, w = _place(rng, grid, layout, VEHICLE_ASPECT * obj_w, obj_w, gap, skyline_cue)
     bottom, hull_top = top + h, top + CABIN_HEIGHT_SHARE * h
     cabin_left = left + _uniform(rng, CABIN_OFFSET_SHARE_RANGE) * w
     cabin_w = CABIN_WIDTH_SHARE * w
@@ -376,9 +378,11 @@ def person(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int)
     return Thing(head | torso | legs, colors, label, round(top + h))
 
 
-def vehicles(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0) -> list[Thing]:
+def vehicles(
+    rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int, gap: float = 0.0, skyline_cue: bool = True
+) -> list[Thing]:
     """A few vehicles (:data:`VEHICLE_COUNT_RANGE`), all of class ``label``, ``gap`` px clear of the cues."""
-    return [vehicle(rng, grid, layout, label, gap) for _ in range(_integer(rng, VEHICLE_COUNT_RANGE))]
+    return [vehicle(rng, grid, layout, label, gap, skyline_cue) for _ in range(_integer(rng, VEHICLE_COUNT_RANGE))]
 
 
 def persons(rng: np.random.Generator, grid: Grid, layout: BandLayout, label: int) -> list[Thing]:
