@@ -58,6 +58,20 @@ def test_a_real_gain_is_shown_and_noise_is_not(tmp_path: Path) -> None:
     assert "| shown | car/boat: 0.300 -> 0.050 |" in text and "| not shown |" in text
 
 
+def test_the_test_time_comparison_pairs_two_protocols_of_one_model(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    rng = np.random.default_rng(2)
+    single = _scores(rng, 0.6)
+    msflip = replace(_scores(rng, 0.7), protocol="whole flip scales=[0.75, 1.0]")
+    results = [_row(tmp_path, "pspnet", 0, single, 0.1), _row(tmp_path, "pspnet-msflip", 0, msflip, 0.1),
+               _row(tmp_path, "fcn", 0, replace(_scores(rng, 0.5), protocol="whole flip"), 0.2)]
+    by_name = {c["name"]: c for c in compare(results[:2], tmp_path, RegisterConfig())}
+    assert by_name["test-time"]["gain"] == pytest.approx(msflip.metric("miou") - single.metric("miou"))
+    with pytest.raises(Exception, match="test-time protocols differ"):  # elsewhere a protocol change is refused
+        compare([r for r in results if r["row"] != "pspnet-msflip"], tmp_path, RegisterConfig())
+
+
 def test_one_seed_has_no_spread_and_missing_scores_are_named(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     results = [_row(tmp_path, "fcn", 0, _scores(rng, 0.5), 0.2), _row(tmp_path, "pspnet", 0, _scores(rng, 0.6), 0.1)]

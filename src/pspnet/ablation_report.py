@@ -28,12 +28,14 @@ METRIC = "miou"
 
 @dataclass(frozen=True)
 class Comparison:
-    """``variant`` (with the component) against ``baseline`` (without it), both row names."""
+    """``variant`` (with the component) against ``baseline`` (without it), both row names;
+    ``same_protocol`` False when the two differ in their test-time protocol on purpose."""
 
     name: str
     question: str
     baseline: str
     variant: str
+    same_protocol: bool = True
 
 
 COMPARISONS: tuple[Comparison, ...] = (
@@ -41,7 +43,7 @@ COMPARISONS: tuple[Comparison, ...] = (
     Comparison("aux", "auxiliary loss: none -> 0.4", "aux0", "pspnet"),
     Comparison("pooling", "PPM pooling: max -> average", "max", "pspnet"),
     Comparison("pyramid", "pyramid: bin 1 only -> bins 1, 2, 3, 6", "bins1", "pspnet"),
-    Comparison("test-time", "testing: single scale -> flip + scales", "pspnet", "pspnet-msflip"),
+    Comparison("test-time", "testing: single scale -> flip + scales", "pspnet", "pspnet-msflip", same_protocol=False),
 )
 
 
@@ -77,7 +79,8 @@ def compare(
             var = [by_key[(dataset, comp.variant, s)] for s in seeds]
             pairs = [(ImageScores.load(scores_file(scores_dir, v["experiment"])),
                       ImageScores.load(scores_file(scores_dir, b["experiment"]))) for v, b in zip(var, base, strict=True)]
-            boot = seed_paired_bootstrap(pairs, METRIC, gate.bootstrap_samples, gate.confidence, gate.bootstrap_seed)
+            boot = seed_paired_bootstrap(pairs, METRIC, gate.bootstrap_samples, gate.confidence, gate.bootstrap_seed,
+                                         same_protocol=comp.same_protocol)
             base_mean, base_std = _mean_std([b[METRIC] for b in base])
             var_mean, var_std = _mean_std([v[METRIC] for v in var])
             records.append({

@@ -69,8 +69,9 @@ class GateResult:
         return asdict(self)
 
 
-def check_comparable(challenger: ImageScores, champion: ImageScores) -> None:
-    """Raise unless both scores cover the same images, classes, data version and protocol."""
+def check_comparable(challenger: ImageScores, champion: ImageScores, protocol: bool = True) -> None:
+    """Raise unless both scores cover the same images, classes, data version and (with
+    ``protocol``) test-time protocol."""
     problems = []
     if challenger.class_names != champion.class_names:
         problems.append(f"classes differ ({list(challenger.class_names)} vs {list(champion.class_names)})")
@@ -78,7 +79,7 @@ def check_comparable(challenger: ImageScores, champion: ImageScores) -> None:
         problems.append(f"images differ ({len(challenger.ids)} vs {len(champion.ids)} ids, or another order)")
     if challenger.data_version != champion.data_version:
         problems.append(f"data versions differ ({challenger.data_version!r} vs {champion.data_version!r})")
-    if challenger.protocol != champion.protocol:
+    if protocol and challenger.protocol != champion.protocol:
         problems.append(f"test-time protocols differ ({challenger.protocol!r} vs {champion.protocol!r})")
     if problems:
         raise PspnetError("the challenger and champion scores are not comparable: " + "; ".join(problems))
@@ -92,15 +93,17 @@ def paired_bootstrap(
 
 
 def seed_paired_bootstrap(
-    pairs: Sequence[tuple[ImageScores, ImageScores]], metric: str, samples: int, confidence: float, seed: int
+    pairs: Sequence[tuple[ImageScores, ImageScores]], metric: str, samples: int, confidence: float, seed: int,
+    same_protocol: bool = True,
 ) -> Bootstrap:
     """:func:`paired_bootstrap` of the mean gain over several ``(challenger, champion)`` pairs (one
     per training seed) scored on the same images: each resample draws one multiset of images and
-    applies it to every pair, so the bound covers image sampling, with the seeds averaged."""
+    applies it to every pair, so the bound covers image sampling, with the seeds averaged.
+    ``same_protocol=False`` compares test-time protocols themselves (e.g. flip + scales)."""
     if not pairs:
         raise ValueError("seed_paired_bootstrap needs at least one (challenger, champion) pair")
     for challenger, champion in pairs:
-        check_comparable(challenger, champion)
+        check_comparable(challenger, champion, protocol=same_protocol)
         check_comparable(challenger, pairs[0][0])
     n = len(pairs[0][0].ids)
     gain = float(np.mean([c.metric(metric) - b.metric(metric) for c, b in pairs]))
