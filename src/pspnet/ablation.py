@@ -79,6 +79,8 @@ ROW_NAMES = tuple(r.name for r in ROWS)
 
 #: Dataset name of rows run on ``params.yaml``'s own data (no ``--preset``).
 DEFAULT_DATASET = "context-scenes"
+
+
 def row_settings(row: Row, seed: int, preset: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Every key the row's experiment sets: the preset's, the studied keys (baseline + the row's
     overrides) and the seed."""
