@@ -102,11 +102,12 @@ def collect_row(root: Path, row: Row, seed: int, seconds: float, dataset: str, p
     per-image scores and ERF map are kept in ``scores_dir``."""
     results = workspace_results(root)
     name = experiment_name(row, seed, dataset)
-    layout = Layout(root, load_params(root / DEFAULT_PARAMS_FILE).paths)
+    params = load_params(root / DEFAULT_PARAMS_FILE)
+    layout = Layout(root, params.paths)
     scores_dir.mkdir(parents=True, exist_ok=True)
     ImageScores.load(layout.per_image_scores)  # readable, or the row fails naming the file
     atomic_files.write_bytes(scores_file(scores_dir, name), layout.per_image_scores.read_bytes())
-    erf = receptive_fields.measure(root / DEFAULT_PARAMS_FILE, root, layout.checkpoint)
+    erf = receptive_fields.measure(params, root, layout.checkpoint)
     with atomic_files.atomic_path(scores_dir / f"{name}-erf.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, erf.weights.astype(np.float32))  # float32: half the bytes, far finer than the figure needs
     return {
@@ -118,7 +119,7 @@ def collect_row(root: Path, row: Row, seed: int, seconds: float, dataset: str, p
         "command": shlex.join(dvc_command(row, seed, preset, dataset)),
         "settings": row_settings(row, seed, preset),
         **{k: results[k] for k in (*EVAL_KEYS, "per_class_iou", "train_seconds", "epochs")},
-        "confusion": read_json(layout.eval_metrics).get("confusion", {}),
+        "confusion": results["confusion"],
         "erf": erf.summary(),
         "wall_seconds": round(seconds, 1),
     }

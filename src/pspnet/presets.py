@@ -115,6 +115,7 @@ def workspace_results(root: Path) -> dict[str, Any]:
     return {
         **{k: evaluation.get(k) for k in EVAL_KEYS},
         "per_class_iou": per_class,
+        "confusion": evaluation.get("confusion", {}),  # look-alike pairs (evaluate.confused_pairs)
         # Splits scored beside val (evaluate.extra_splits), e.g. held-out sequences.
         "splits": {name: {**{k: split.get(k) for k in (*EVAL_KEYS, "num_images")},
                           "per_class_iou": _in_order(split.get("per_class_iou") or {}, order)}

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from pspnet import atomic_files
-from pspnet.config import load_params
+from pspnet.config import Params, load_params
 from pspnet.errors import ConfigError
 from pspnet.evaluate.plots import plot_receptive_fields
 from pspnet.evaluate.receptive_field import ReceptiveField, effective_receptive_field
@@ -30,10 +30,9 @@ DEFAULT_IMAGES = 16
 BATCH_SIZE = 4
 
 
-def measure(params_file: Path, root: Path, checkpoint: Path, split: str = SPLIT, images: int = DEFAULT_IMAGES) -> ReceptiveField:
+def measure(params: Params, root: Path, checkpoint: Path, split: str = SPLIT, images: int = DEFAULT_IMAGES) -> ReceptiveField:
     """The ERF of the checkpoint at ``checkpoint`` over up to ``images`` evenly spaced images of
     the prepared ``split`` that have the first one's size."""
-    params = load_params(params_file)
     layout = Layout(root, params.paths)
     ckpt = load_checkpoint(checkpoint)
     dataset = split_dataset(params, layout.prepared, layout.quarantine, ckpt.model_cfg, split)
@@ -61,8 +60,9 @@ def measure_checkpoints(
     """Measure each ``NAME=PATH`` checkpoint (none: the pipeline's trained model); write
     ``<out>.json`` (radii per model) and ``<out>.png``; return the JSON's content."""
     root = Path(root)
-    default = Layout(root, load_params(params_file).paths).checkpoint
-    fields = {name: measure(params_file, root, path, split, images) for name, path in _named(checkpoints, root, default).items()}
+    params = load_params(params_file)
+    default = Layout(root, params.paths).checkpoint
+    fields = {name: measure(params, root, path, split, images) for name, path in _named(checkpoints, root, default).items()}
     out = out if out.is_absolute() else root / out
     report = {"split": split, "images": images, "models": {name: field.summary() for name, field in fields.items()}}
     atomic_files.write_json(out.with_suffix(".json"), report)

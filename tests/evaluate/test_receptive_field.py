@@ -47,7 +47,8 @@ def test_a_global_branch_reaches_the_corners_that_a_local_one_never_does() -> No
     glob = effective_receptive_field(GlobalContext(), _images())
     assert local.weights[0, 0] == 0.0
     assert glob.weights[0, 0] > 0.0
-    assert glob.mass_beyond(5.0) > 0.0 == local.mass_beyond(5.0)
+    assert glob.mass_beyond(5.0) > 0.0
+    assert local.mass_beyond(5.0) == 0.0
     assert glob.radius(0.95) > local.radius(0.95)
 
 

@@ -37,10 +37,11 @@ class ReceptiveField:
         """Smallest distance ``r`` such that pixels within ``r`` of the centre hold ``share`` of the mass."""
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share}")
-        order = np.argsort(self.distances(), axis=None, kind="stable")
+        distances = self.distances().ravel()
+        order = np.argsort(distances, kind="stable")
         cumulative = np.cumsum(self.weights.ravel()[order])
         index = min(int(np.searchsorted(cumulative, share * cumulative[-1])), order.size - 1)
-        return float(self.distances().ravel()[order[index]])
+        return float(distances[order[index]])
 
     def mass_beyond(self, distance: float) -> float:
         """Share of the gradient mass farther than ``distance`` pixels from the centre."""
