@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pspnet.comparison import over_seeds
 from pspnet.config import RegisterConfig
 from pspnet.evaluate.scores import ImageScores
 from pspnet.registry.gate import seed_paired_bootstrap
@@ -96,10 +97,6 @@ def compare(
     return records
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
-
-
 def _context_cell(context: Mapping[str, Any]) -> str:
     cells = []
     for pair, rates in context.items():
@@ -122,7 +119,7 @@ def comparison_lines(comparisons: Sequence[Mapping[str, Any]]) -> list[str]:
     for c in comparisons:
         lines.append(
             f"| {c['dataset']} | {c['question']} | {', '.join(map(str, c['seeds']))} | "
-            f"{_pm(c['baseline_mean'], c['baseline_std'])} | {_pm(c['variant_mean'], c['variant_std'])} | "
+            f"{over_seeds(c['baseline_miou'])} | {over_seeds(c['variant_miou'])} | "
             f"{c['gain']:+.4f} | {c['lower_bound']:+.4f} | {'shown' if c['shown'] else 'not shown'} | {_context_cell(c['context'])} |"
         )
     return lines

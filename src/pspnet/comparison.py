@@ -40,7 +40,8 @@ def describe_difference(key: Sequence[tuple[str, str]], base: Sequence[tuple[str
     return ", ".join(changed + dropped) or "baseline"
 
 
-def _stats(values: Sequence[float]) -> str:
+def over_seeds(values: Sequence[float]) -> str:
+    """``mean ± sample std [min, max]`` of one score over seeds (``(one seed)`` for a single one)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.4f} (one seed)"
@@ -71,8 +72,8 @@ def render_comparison(reports: Mapping[str, Mapping[str, Any]], title: str) -> s
                                 "deviation [min, max] over seeds."), "", head, "| --- | --- | ---: |" + " ---: |" * len(splits) + " ---: |"]
     for key, members in groups.items():
         seeds = ", ".join(str(r.get("settings", {}).get(SEED_KEY, 0)) for _, r in members)
-        cells = [_stats([r["miou"] for _, r in members])]
-        cells += [_stats([r["splits"][s]["miou"] for _, r in members if s in (r.get("splits") or {})]) for s in splits]
+        cells = [over_seeds([r["miou"] for _, r in members])]
+        cells += [over_seeds([r["splits"][s]["miou"] for _, r in members if s in (r.get("splits") or {})]) for s in splits]
         minutes = statistics.fmean(r["train_seconds"] / 60 for _, r in members)
         lines.append(f"| {describe_difference(key, base)} | {seeds} | " + " | ".join(cells) + f" | {minutes:.1f} |")
     lines += ["", "Runs (the curve's last point scores a subset, single scale; `_raw`: before weight averaging):", "",
