@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pspnet.ablation import render_markdown
+from pspnet.ablation import ROWS_BY_NAME, check_same_setup, render_markdown, row_settings, run_ablation
 from pspnet.ablation_report import compare, scores_file
 from pspnet.config import RegisterConfig
+from pspnet.errors import ConfigError
 from pspnet.evaluate.scores import ImageScores
 
 CLASSES = ("road", "car", "boat")
@@ -93,3 +94,19 @@ def test_the_erf_figure_pairs_fcn_and_pspnet_of_the_first_common_seed(tmp_path: 
                         "erf": {"r50": 3.0, "r95": 6.0, "height": 9, "width": 12, "centre": [4, 6]}})
     assert _erf_figures(tmp_path / "abl", results, tmp_path) == ["abl-erf-scenes.png"]
     assert (tmp_path / "abl-erf-scenes.png").stat().st_size > 0
+
+
+def test_rows_of_one_dataset_must_share_data_and_budget(tmp_path: Path) -> None:
+    preset = {"data.source.name": "camvid", "train.epochs": 32}
+    earlier = [{"dataset": "camvid-cpu", "row": "fcn", "seed": 0,
+                "settings": row_settings(ROWS_BY_NAME["fcn"], 0, preset)}]
+    report = tmp_path / "abl.json"
+    check_same_setup(earlier, "camvid-cpu", preset, report)  # same budget: more rows may join
+    check_same_setup(earlier, "context-hard", {"train.epochs": 18}, report)  # another dataset: its own rows
+    with pytest.raises(ConfigError, match=r"abl.json: its camvid-cpu rows ran with other settings \(train.epochs: 32 there, 64 now\)"):
+        check_same_setup(earlier, "camvid-cpu", {**preset, "train.epochs": 64}, report)
+
+
+def test_set_without_a_preset_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--set changes a preset's settings: name one with --preset"):
+        run_ablation(tmp_path, overrides={"train.epochs": 2})

@@ -31,7 +31,7 @@ from pspnet.evaluate.receptive_field import ReceptiveField
 from pspnet.evaluate.scores import ImageScores
 from pspnet.layout import Layout
 from pspnet.ops import import_data as data_import
-from pspnet.ops.dvc import exp_run_args, run_experiment
+from pspnet.ops.dvc import apply_experiment, exp_run_args, experiment_names, run_experiment
 from pspnet.presets import EVAL_KEYS, load_preset, params_restored, read_json, workspace_results
 from pspnet.tracking.store import check_tracking_store
 
@@ -51,6 +51,8 @@ class Row:
     name: str
     description: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: A row whose trained model this one only re-tests (its training keys are the same).
+    retests: str | None = None
 
 
 #: The studied keys at the paper's setting; each row overrides some of them.
@@ -66,15 +68,16 @@ BASELINE: dict[str, Any] = {
 ROWS: tuple[Row, ...] = (
     Row("fcn", "dilated FCN baseline (no PPM)", {"model.ppm": False}),
     Row("pspnet", "PSPNet: PPM avg 1,2,3,6 + aux 0.4", {}),
-    # Right after `pspnet`: the workspace then holds that model, so DVC reruns only evaluate and
-    # register (the run cache cannot restore the train stage: it has uncached outputs).
+    # The workspace is given the `pspnet` row's model first (`dvc exp apply`), so DVC reruns only
+    # evaluate and register (the run cache cannot restore the train stage: it has uncached outputs).
     Row("pspnet-msflip", "PSPNet tested with flip + scales " + "/".join(str(s) for s in MS_SCALES),
-        {"evaluate.flip": True, "evaluate.scales": list(MS_SCALES)}),
+        {"evaluate.flip": True, "evaluate.scales": list(MS_SCALES)}, retests="pspnet"),
     Row("aux0", "PSPNet without the auxiliary loss", {"model.aux_weight": 0.0}),
     Row("max", "PSPNet with max pooling in the PPM", {"model.ppm_pooling": "max"}),
     Row("bins1", "PSPNet with a one-bin pyramid (global pooling only)", {"model.ppm_bins": [1]}),
 )
 ROW_NAMES = tuple(r.name for r in ROWS)
+ROWS_BY_NAME = {r.name: r for r in ROWS}
 
 
 #: Dataset name of rows run on ``params.yaml``'s own data (no ``--preset``).
@@ -195,9 +198,38 @@ def _save(out: Path, results: list[dict[str, Any]], scores_dir: Path, gate: Regi
     atomic_files.write_text(out.with_suffix(".md"), render_markdown(report, _erf_figures(out, results, scores_dir)))
 
 
+def _fixed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings every row of a dataset shares: all but the studied keys and the seed."""
+    return {k: v for k, v in settings.items() if k not in BASELINE and k != "train.seed"}
+
+
+def check_same_setup(results: Sequence[Mapping[str, Any]], dataset: str, settings: Mapping[str, Any], report: Path) -> None:
+    """Refuse to add rows to ``report`` whose data or budget differ from its rows of ``dataset``:
+    those rows are compared with each other."""
+    wanted = _fixed_settings(settings)
+    for r in results:
+        if r.get("dataset", DEFAULT_DATASET) != dataset or (had := _fixed_settings(r["settings"])) == wanted:
+            continue
+        keys = sorted(k for k in had.keys() | wanted.keys() if had.get(k) != wanted.get(k))
+        diff = ", ".join(f"{k}: {had.get(k)!r} there, {wanted.get(k)!r} now" for k in keys)
+        raise ConfigError(f"{report}: its {dataset} rows ran with other settings ({diff}); rows of one dataset are "
+                          "compared with each other, so use the same --preset and --set, or write another report (--out).")
+
+
+def _restore_model(root: Path, row: Row, seed: int, dataset: str) -> None:
+    """Put the model of the row that ``row`` re-tests in the workspace (``dvc exp apply``), so that
+    DVC reruns only evaluate; an experiment of another commit is not applied (it would bring that
+    commit's files), and the row trains the same model again instead."""
+    name = experiment_name(ROWS_BY_NAME[row.retests], seed, dataset)
+    if name in experiment_names(root):
+        apply_experiment(root, name)
+    else:
+        log.info("no experiment %s on this commit: row %s trains its model again", name, row.name)
+
+
 def run_ablation(
     root: Path, seeds: Sequence[int] = (0,), rows: Sequence[str] = ROW_NAMES, out: str | None = None,
-    resume: bool = False, preset: str | None = None,
+    resume: bool = False, preset: str | None = None, overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the ``rows`` x ``seeds`` experiments one after the other; see the module docstring."""
     out = out or DEFAULT_OUT
@@ -205,9 +237,11 @@ def run_ablation(
     unknown = [r for r in rows if r not in ROW_NAMES]
     if unknown:
         raise ConfigError(f"unknown ablation row(s) {unknown}; known: {list(ROW_NAMES)}.")
+    if overrides and preset is None:
+        raise ConfigError("--set changes a preset's settings: name one with --preset (e.g. --preset context-hard).")
     dataset, preset_settings, params = DEFAULT_DATASET, {}, load_params(root / DEFAULT_PARAMS_FILE)
     if preset is not None:
-        path, preset_settings, params = load_preset(root, preset)
+        path, preset_settings, params = load_preset(root, preset, overrides)
         dataset = path.stem
     check_tracking_store(params.mlflow, root)  # before the first row, not after it
     selected = [r for r in ROWS if r.name in rows]
@@ -216,6 +250,7 @@ def run_ablation(
     results: list[dict[str, Any]] = []
     if resume and out_path.with_suffix(".json").is_file():
         results = read_json(out_path.with_suffix(".json")).get("results", [])
+    check_same_setup(results, dataset, preset_settings, out_path.with_suffix(".json"))
     done = {(r.get("dataset", DEFAULT_DATASET), r["row"], r["seed"]) for r in results}
     with params_restored(root):
         if preset is not None:
@@ -224,6 +259,8 @@ def run_ablation(
         for i, (row, seed) in enumerate(plan, 1):
             log.info("ablation %d/%d: %s, row %s, seed %d", i, len(plan), dataset, row.name, seed)
             try:
+                if row.retests is not None:
+                    _restore_model(root, row, seed, dataset)
                 seconds = run_experiment(root, experiment_name(row, seed, dataset), row_settings(row, seed, preset_settings))
             except PspnetError as err:
                 raise PspnetError(f"ablation row {row.name!r} (seed {seed}): {err} The rows before it are in {out_path.with_suffix('.json')}.") from None

@@ -245,14 +245,19 @@ def ablation_command(
     preset: Annotated[
         Optional[str], typer.Option(help="Run on a preset's settings (configs/<name>.yaml), e.g. context-hard; its name is the dataset's.")
     ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="KEY=VALUE over the preset, e.g. train.epochs=16 (a stated fraction of its budget).")
+    ] = None,
     root: RootOption = Path("."),
 ) -> None:
     """The paper's ablations in miniature as `dvc exp run` experiments (see pspnet.ablation)."""
     from pspnet.ablation import ROW_NAMES, run_ablation
+    from pspnet.presets import parse_overrides
 
     _configure_logging()
     with exits_on_error("ablation"):
-        summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume, preset=preset)
+        overrides = parse_overrides(set_ or [])
+        summary = run_ablation(root, seeds=seed, rows=row or ROW_NAMES, out=out, resume=resume, preset=preset, overrides=overrides)
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -170,6 +170,16 @@ def exp_run_args(name: str, settings: Mapping[str, Any]) -> list[str]:
     return args
 
 
+def experiment_names(root: Path) -> list[str]:
+    """Names of the experiments of the current commit (``dvc exp list --name-only``)."""
+    return run_dvc(root, "exp", "list", "--name-only").split()
+
+
+def apply_experiment(root: Path, name: str) -> str:
+    """``dvc exp apply <name>``: that experiment's params, metrics and outputs into the workspace."""
+    return run_dvc(root, "exp", "apply", name)
+
+
 def run_experiment(root: Path, name: str, settings: Mapping[str, Any]) -> float:
     """Run one workspace experiment (``dvc exp run``); its wall time in seconds."""
     return run_streamed(root, exp_run_args(name, settings))
