@@ -169,3 +169,24 @@ def test_a_link_out_of_the_source_is_refused_before_anything_is_imported_or_cach
         import_data(_params("data/raw/mine", name="folder"), root)
     assert not (root / "data/raw/mine.dvc").exists()
     assert b"SECRET-KEY-BYTES" not in _cached_bytes(root)
+
+
+@pytest.mark.integration
+def test_an_import_survives_dvc_exp_run_under_the_projects_gitignore(tmp_path: Path) -> None:
+    """`pspnet ablation` imports, then runs `dvc exp run` with the import still uncommitted: DVC
+    must see the .dvc file (the project's .gitignore must not hide data/ from its matcher), or
+    the experiment's checkout deletes the imported data as an unused link."""
+    root = _repo(tmp_path / "project")
+    shutil.copy(Path(__file__).resolve().parents[2] / ".gitignore", root / ".gitignore")
+    (root / "dvc.yaml").write_text(
+        "stages:\n  listing:\n    cmd: ls data/raw/camvid/train > listing.txt\n"
+        "    deps: [data/raw]\n    outs: [listing.txt]\n"
+    )
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-q", "-m", "project gitignore and a stage reading the raw data"], root)
+    source = _dataset(tmp_path / "CamVid", {"train/a.png": "a", "trainannot/a.png": "a"})
+    import_data(_params(str(source)), root)
+
+    run(["dvc", "exp", "run", "-n", "reads-raw"], root)
+    assert (root / "data/raw/camvid/train/a.png").read_text() == "a"
+    assert (root / "listing.txt").read_text().split() == ["a.png"]
