@@ -580,6 +580,9 @@ class MlflowConfig(StrictModel):
     #: Seconds the start-of-run check waits for the tracking store to answer (a server's
     #: ``/health``, a database's port) before failing the run with the fix.
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: Seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU)
+    #: during training; 0 logs none.
+    system_metrics_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
     @field_validator("tracking_uri")
     @classmethod

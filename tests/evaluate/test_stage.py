@@ -167,6 +167,9 @@ def test_evaluate_end_to_end(project: tuple[Path, Params, str]) -> None:
     assert {"evaluation/eval.json", "evaluation/per_class_iou.csv", "evaluation/plots"} <= listing("evaluation")
     assert {"evaluation/plots/confusion_matrix.png", "evaluation/plots/training_curve.png"} <= listing("evaluation/plots")
     assert listing("evaluation/plots/overlays") == {"evaluation/plots/overlays/v_a.png", "evaluation/plots/overlays/v_b.png"}
+    # ... and as logged images: the run page's and the compare view's image grid shows them.
+    images = [f.path for f in client.list_artifacts(run_id, "images")]
+    assert any("overlay_v_a" in path for path in images) and any("overlay_v_b" in path for path in images), images
 
 
 def test_a_held_out_split_is_scored_beside_val_into_the_report_and_the_run(project: tuple[Path, Params, str]) -> None:

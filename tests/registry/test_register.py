@@ -151,6 +151,7 @@ def test_gate_promotes_only_real_gains_and_rescores_the_champion_on_new_data(pro
     assert client.get_model_version("pspnet", "2").description.startswith("# pspnet v2")
     run_files = {a.path for a in client.list_artifacts(run2, "registry")}
     assert {"registry/model_card.md", "registry/registry.json", "registry/scores"} <= run_files
+    assert client.get_run(run2).data.tags["mlflow.note.content"].startswith("# pspnet v2")  # the run's description
 
     # 5. New data: the same challenger is judged again, the champion re-scored on the new data
     #    through its registered artefact, exactly as scoring its checkpoint would.

@@ -155,3 +155,34 @@ def test_quarantined_samples_are_not_trained_on(project: Path) -> None:
     assert run.data.tags["data.training_version"] == effective_version("v1", ids) != "v1"
     # Quarantine off: the list is ignored.
     assert MlflowClient().get_run(train_stage.run(_params(train={"epochs": 1}), project)["run_id"]).data.params["data.train_samples"] == "8"
+
+
+def test_the_run_says_what_ran_on_which_data_in_the_mlflow_ui(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experiment kind, run name, dataset input (digest = data version, source = DVC path + hash),
+    system metrics and per-epoch val mIoU: what the MLflow UI's runs table and charts show."""
+    (project / "data/prepared/dataset.json").write_text(json.dumps({"source": "tiny", "version": "d391e68e4f0a9b"}))
+    (project / "dvc.lock").write_text("schema: '2.0'\nstages:\n  prepare:\n    cmd: pspnet prepare\n    outs:\n"
+                                      "    - path: data/prepared\n      md5: 5f2b.dir\n      size: 1\n      nfiles: 1\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "abl-fcn-s0")
+    params = _params(train={"curve_every_n_epochs": 1, "curve_images": 0}, model={"ppm": False},
+                     mlflow={"experiment_name": "unit-ui", "system_metrics_interval": 0.2})
+    first = train_stage.run(params, project)
+    second = train_stage.run(params, project)  # the same settings on the same data again
+
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name == "abl-fcn-s0 · resnet18 os8 fcn · 4 ep bs 4 lr 0.01 · data d391e68e"
+    assert client.get_run(second["run_id"]).info.run_name == run.info.run_name + " #2"  # unique
+
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == "d391e68e4f0a9b"
+    assert dataset_input.dataset.source_type == "dvc"
+    assert json.loads(dataset_input.dataset.source) == {"path": "data/prepared", "md5": "5f2b.dir"}
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == 10  # the manifest: 8 train + 2 val
+
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
+    curve = client.get_metric_history(run.info.run_id, "curve_val_miou")
+    assert [m.step for m in curve] == [1, 2, 3, 4] and all(0.0 <= m.value <= 1.0 for m in curve)

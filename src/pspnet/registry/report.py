@@ -18,6 +18,8 @@ from pspnet.registry.score_cache import ARTIFACT_DIR
 
 log = logging.getLogger(__name__)
 
+#: The tag the MLflow UI renders as a run's description.
+RUN_DESCRIPTION_TAG = "mlflow.note.content"
 #: Model version descriptions are capped like tags (5000 characters); a longer card points to the artifact.
 MAX_DESCRIPTION_CHARS = 5000
 #: Room left at the end of a cut description for the note saying where the whole card is.
@@ -93,10 +95,14 @@ def registration_report(
 
 
 def attach_to_run(client: Any, run_id: str, report: dict[str, Any], card: str) -> None:
-    """Copy the report and the card into the run (``registry/``); a failure only warns, the files
-    on disk are what counts."""
+    """Copy the report and the card into the run (``registry/``) and show the card as the run's
+    description (its Overview page); a failure only warns, the files on disk are what counts."""
     from mlflow.exceptions import MlflowException
 
+    try:
+        client.set_tag(run_id, RUN_DESCRIPTION_TAG, card_description(card))
+    except MlflowException as err:
+        log.warning("could not set the description of run %s: %s", run_id, err)
     for name, payload in ((REGISTRY_REPORT_FILE, report), (MODEL_CARD_FILE, card)):
         try:
             if isinstance(payload, str):

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable, load_classes
 from pspnet.device import resolve_device
@@ -141,6 +143,9 @@ def _log_to_run(ref: RunRef, layout: Layout, metrics: dict[str, float], tags: di
                 mlflow.log_artifact(str(path), artifact_path=artifact_path)
             if any(layout.overlays.iterdir()):
                 mlflow.log_artifacts(str(layout.overlays), artifact_path=f"{ARTIFACT_DIR}/plots/{OVERLAYS_DIR}")
+            for overlay in sorted(layout.overlays.glob("*.png")):  # the UI's image grid (chart view, compare)
+                with Image.open(overlay) as image:
+                    mlflow.log_image(image.convert("RGB"), key=f"overlay_{overlay.stem}")
     except mlflow.exceptions.MlflowException as err:
         raise PspnetError(f"could not log the evaluation into MLflow run {ref.run_id}: {err}") from None
 

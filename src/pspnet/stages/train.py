@@ -28,7 +28,9 @@ from pspnet.errors import PspnetError
 from pspnet.evaluate.scoring import SPLIT
 from pspnet.layout import CHECKPOINT_FILE, Layout
 from pspnet.model.checkpoint import save_checkpoint
-from pspnet.tracking.runs import RunRef, dataset_tags, run_tags
+from pspnet.ops.dvc_lock import locked_out_md5
+from pspnet.tracking.datasets import log_dataset_input, prepared_dataset
+from pspnet.tracking.runs import RunRef, dataset_tags, run_label, run_name, run_tags, unique_run_name
 from pspnet.tracking.store import setup_mlflow
 from pspnet.train.curve import CurvePoint, curve_csv
 from pspnet.train.distributed import Distributed, torchrun_command
@@ -115,18 +117,25 @@ class MlflowEvents:
         mlflow.log_metrics({f"curve_{split}_miou": miou for split, miou in point.miou.items()}, step=point.epoch)
 
 
-def _open_run(run_id: str | None, experiment_id: str, tags: dict[str, str]) -> Any:
-    """The MLflow run to log into: the interrupted run ``run_id`` when resuming (if the store has it), else a new one."""
+def _open_run(run_id: str | None, experiment_id: str, tags: dict[str, str], name: str, system_metrics_interval: float) -> Any:
+    """The MLflow run to log into: the interrupted run ``run_id`` when resuming (if the store has
+    it, name and all), else a new one named ``name`` (made unique in the experiment); MLflow's
+    system metrics sampled every ``system_metrics_interval`` s (0: none)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    system_metrics = system_metrics_interval > 0
+    if system_metrics:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval)
+        mlflow.set_system_metrics_samples_before_logging(1)
     if run_id:
         try:
             mlflow.MlflowClient().get_run(run_id)
-            return mlflow.start_run(run_id=run_id)
+            return mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
         except MlflowException:
             log.warning("resume: MLflow run %s is not in this store; logging into a new run", run_id)
-    return mlflow.start_run(experiment_id=experiment_id, tags=tags)
+    return mlflow.start_run(experiment_id=experiment_id, tags=tags, run_name=unique_run_name(experiment_id, name),
+                            log_system_metrics=system_metrics)
 
 
 def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
@@ -138,6 +147,13 @@ def _log_params_once(run_id: str, values: dict[str, Any]) -> None:
     changed = {k: v for k, v in values.items() if k in logged and logged[k] != str(v)}
     if changed:
         mlflow.set_tags({f"resume.changed.{k}": str(v) for k, v in changed.items()})
+
+
+def _prepared_input(root: Path, layout: Layout, params: Params) -> Any:
+    """The prepared data as the run's MLflow dataset input (source: its DVC path and hash)."""
+    relative = layout.prepared.relative_to(root) if layout.prepared.is_relative_to(root) else layout.prepared
+    return prepared_dataset(layout.prepared, str(relative), locked_out_md5(root, "prepare", str(relative)),
+                            name=params.data.source.name)
 
 
 def _run_tags(root: Path, layout: Layout, trainer: Trainer) -> dict[str, str]:
@@ -163,12 +179,16 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
         log.warning("train.splits %s includes %r: its scores now measure training data; judge this model on a held-out "
                     "split (data.holdout)", list(params.train.splits), SPLIT)  # fmt: skip
     trainer = Trainer(params, TrainingInputs(layout.prepared, classes, excluded, layout.train_state), ctx, device)
+    tags = _run_tags(root, layout, trainer) if ctx.is_main else {}
+    name = run_name(run_label(), params.model, params.train, tags.get("data.version"))
     run_context = (
-        _open_run(trainer.resumed_run_id, experiment_id, _run_tags(root, layout, trainer)) if ctx.is_main else contextlib.nullcontext(None)
+        _open_run(trainer.resumed_run_id, experiment_id, tags, name, params.mlflow.system_metrics_interval)
+        if ctx.is_main else contextlib.nullcontext(None)
     )
     with stop_requests() as stop, run_context as active:
         run_id = active.info.run_id if active is not None else ""
         if ctx.is_main:
+            log_dataset_input(_prepared_input(root, layout, params))
             _log_params_once(run_id, params.to_flat_dict())  # every parameter, then what this run resolved
             _log_params_once(run_id, trainer.resolved_settings())
             if trainer.resumes:

@@ -10,11 +10,42 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pspnet import atomic_files
+from pspnet.config import ModelConfig, TrainConfig
 from pspnet.data.manifest import load_dataset_record
 from pspnet.errors import DataError, PspnetError
 
 #: Environment variable naming a preset run (set by ``pspnet experiment``); runs are tagged with it.
 RUN_NAME_ENV = "PSPNET_RUN_NAME"
+#: Characters of the data version a run name shows.
+SHORT_VERSION = 8
+
+
+def run_label() -> str:
+    """What ran: the DVC experiment's name, else the preset run's, else ``train``."""
+    return os.environ.get("DVC_EXP_NAME") or os.environ.get(RUN_NAME_ENV) or "train"
+
+
+def run_name(label: str, model: ModelConfig, train: TrainConfig, data_version: str | None) -> str:
+    """A runs-table name that says what ran, e.g.
+    ``abl-fcn-s0 · resnet18 os8 fcn · 18 ep bs 8 lr 0.01 · data 1a2b3c4d``."""
+    head = "psp " + ",".join(map(str, model.ppm_bins)) if model.ppm else "fcn"
+    data = f"data {data_version[:SHORT_VERSION]}" if data_version else "data ?"
+    return (f"{label} · {model.encoder} os{model.output_stride} {head} · "
+            f"{train.epochs} ep bs {train.batch_size} lr {train.lr:g} · {data}")
+
+
+def unique_run_name(experiment_id: str, name: str) -> str:
+    """``name``, or ``name #N`` when the experiment already has runs of that name (a rerun of
+    the same settings on the same data)."""
+    import mlflow
+
+    quoted = name.replace("'", "")
+    existing = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"attributes.run_name LIKE '{quoted}%'", max_results=10_000)
+    taken = {r.info.run_name for r in existing}
+    if quoted not in taken:
+        return quoted
+    return next(f"{quoted} #{n}" for n in range(2, len(taken) + 3) if f"{quoted} #{n}" not in taken)
 
 
 def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:

@@ -29,6 +29,10 @@ from urllib.parse import urlsplit
 from pspnet.config import MlflowConfig
 from pspnet.errors import PspnetError
 
+#: MLflow 3's experiment kind: model training opens on the Training runs view, not the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 #: Path components under which DVC runs temporary / queued experiments.
@@ -273,10 +277,13 @@ def setup_mlflow(cfg: MlflowConfig, root: str | Path | None = None) -> str:
         with _store_creation_lock(uri):
             experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # an older experiment: a kind set by hand stays
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         location = default_artifact_location(uri, root)
         try:
-            return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
+            return mlflow.create_experiment(cfg.experiment_name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:
             # Another process created it between our lookup and our create.
             experiment = mlflow.get_experiment_by_name(cfg.experiment_name)
