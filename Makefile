@@ -24,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid readme ui lock clean
+.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid readme ui prefect-ui plots lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -129,6 +129,14 @@ readme: install  ## rewrite the README's generated result lines from docs/result
 
 ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+prefect-ui: install  ## open the Prefect UI (flow runs, deployments, schedules) on http://127.0.0.1:$(PREFECT_PORT)
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# `make plots` draws the workspace; REVS="exp-a exp-b" (experiments, commits) draws them on one chart each.
+REVS ?=
+plots: install  ## DVC's data plots (loss, val mIoU, per-class IoU, confusion) -> dvc_plots/index.html, offline
+	$(if $(strip $(REVS)),dvc plots diff $(REVS),dvc plots show) -o dvc_plots
 
 lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements.lock

@@ -474,6 +474,9 @@ class EvaluateConfig(StrictModel):
     #: MLflow ``<split>_confusion_<a>_<b>``): pixels of either class predicted as the other.
     #: ``dataset``: the pairs the prepared data declares (classes.json; context scenes: car/boat).
     confused_pairs: Literal["dataset"] | tuple[tuple[str, str], ...] = "dataset"
+    #: Records in ``confusion.json``, the val confusion matrix as (actual, predicted) rows for
+    #: ``dvc plots`` (DVC's confusion template counts records; each stands for total/rows pixels).
+    confusion_plot_rows: PositiveInt = 2000
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

@@ -27,6 +27,8 @@ TRAIN_CURVE_FILE = "train_curve.csv"
 EVAL_METRICS_FILE = "eval.json"
 PER_CLASS_IOU_FILE = "per_class_iou.csv"
 PER_IMAGE_SCORES_FILE = "per_image.npz"
+#: The confusion matrix as (actual, predicted) rows for DVC's confusion template (``dvc plots``).
+CONFUSION_ROWS_FILE = "confusion.json"
 #: ``evaluate --model`` reports: ``<paths.metrics>/models/<model>/``.
 MODEL_REPORTS_DIR = "models"
 # Under paths.plots
@@ -117,6 +119,10 @@ class Layout:
     @property
     def per_class_iou(self) -> Path:
         return self.metrics / PER_CLASS_IOU_FILE
+
+    @property
+    def confusion_rows(self) -> Path:
+        return self.metrics / CONFUSION_ROWS_FILE
 
     @property
     def per_image_scores(self) -> Path:

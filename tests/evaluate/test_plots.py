@@ -85,3 +85,17 @@ def test_overlay_png(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         plot_overlay(image, target[:10], pred, NAMES, COLORS, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_confusion_rows_follow_the_matrix_and_sum_to_the_requested_count() -> None:
+    from collections import Counter
+
+    from pspnet.evaluate.reports import confusion_rows
+
+    matrix = np.array([[700, 0, 33], [0, 150, 0], [100, 0, 17]])  # [target, pred]
+    rows = confusion_rows(matrix, NAMES, 100)
+    counts = Counter((r["actual"], r["predicted"]) for r in rows)
+    assert len(rows) == 100
+    # Largest remainder: 70, 15, 10 exact; 3.3 and 1.7 become 3 and 2.
+    assert counts == {("sky", "sky"): 70, ("road", "road"): 15, ("car", "sky"): 10, ("sky", "car"): 3, ("car", "car"): 2}
+    assert confusion_rows(np.zeros((3, 3), dtype=np.int64), NAMES, 100) == []

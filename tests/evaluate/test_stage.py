@@ -131,6 +131,8 @@ def test_evaluate_end_to_end(project: tuple[Path, Params, str]) -> None:
     assert list(per_class.columns) == ["class", "iou", "acc", "pixels"]
     assert per_class["class"].tolist() == list(NAMES)
     assert per_class["pixels"].sum() == report["num_pixels"]
+    rows = json.loads((root / "metrics" / "confusion.json").read_text())  # the `dvc plots` confusion data
+    assert len(rows) == params.evaluate.confusion_plot_rows and {r["actual"] for r in rows} <= set(NAMES)
 
     plots = root / "plots"
     overlays = sorted(p.name for p in (plots / "overlays").iterdir())

@@ -60,7 +60,9 @@ def make_tiny_project(dest: Path, overrides: dict | None = None) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
+    # The project's DVC config (analytics off, the offline `dvc plots` template) and that template.
+    shutil.copy2(REPO_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copytree(REPO_ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "tiny project"], dest)
     return dest

@@ -4,6 +4,7 @@ multi-scale row re-tests the PSPNet row's model (`dvc exp apply`); the report an
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,3 +54,30 @@ def test_ablation_rows_are_dvc_experiments_and_the_report_is_written(tmp_path: P
     # --resume keeps finished rows and runs nothing new for them.
     again = run(cli + ["--resume"], project)
     assert json.loads(again.stdout)["rows"] == 2
+
+    _dvc_shows_the_experiments_side_by_side(project, "abl-pspnet-s0", "abl-pspnet-msflip-s0")
+
+
+def _dvc_shows_the_experiments_side_by_side(project: Path, first: str, second: str) -> None:
+    """`dvc plots diff` draws both experiments' data on each data plot, in a page that needs
+    no network; `dvc exp show` lists mIoU, mAcc and the data version without extra flags."""
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "plots", "diff", first, second, "-o", "plots_html"], project)
+    page = (project / "plots_html" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vega-lite@5.2.0" in page  # the inlined offline template
+    specs = {}
+    for match in re.finditer(r'<div id = "([^"]+)">\s*<script type = "text/javascript">\s*var spec = (.*?);\s*vegaEmbed', page, re.S):
+        specs[match.group(1)] = json.loads(match.group(2))
+    assert len(specs) == 4, list(specs)  # loss, val mIoU, per-class IoU, confusion
+    for spec in specs.values():
+        revs = {row["rev"] for row in spec["data"]["values"]}
+        assert revs == {first, second}, (spec.get("title"), revs)
+    loss = next(s for s in specs.values() if "loss" in json.dumps(s.get("title", "")).lower())
+    assert {float(r["loss"]) for r in loss["data"]["values"]}  # the loss values themselves are in the page
+
+    shown = json.loads(run([*dvc, "exp", "show", "--json"], project).stdout)
+    experiments = {e["name"]: e for commit in shown for e in commit.get("experiments") or []}
+    for name in (first, second):
+        (rev,) = experiments[name]["revs"]
+        metrics = {k: v for f in rev["data"]["metrics"].values() for k, v in f["data"].items()}
+        assert 0 <= metrics["miou"] <= 1 and 0 <= metrics["macc"] <= 1 and metrics["data_version"]

@@ -25,12 +25,36 @@ TRACKED_SUMMARY = ("miou", "miou_absent_as_zero", "macc", "allacc")
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """Where :func:`write_reports` writes: metrics JSON, per-class CSV, confusion matrix PNG, overlay folder."""
+    """Where :func:`write_reports` writes: metrics JSON, per-class CSV, confusion matrix PNG,
+    overlay folder, and the confusion matrix as rows for ``dvc plots``."""
 
     eval_metrics: Path
     per_class_iou: Path
     confusion_matrix: Path
     overlays: Path
+    confusion_rows: Path
+
+
+def confusion_rows(matrix: np.ndarray, names: Sequence[str], rows: int) -> list[dict[str, str]]:
+    """``rows`` (actual, predicted) records whose counts follow ``matrix`` (``[target, pred]``
+    pixel counts), apportioned by largest remainder so that they sum to ``rows`` exactly.
+
+    DVC's confusion templates count records; one per pixel would be millions, so each record
+    stands for ``matrix.sum() / rows`` pixels (cells below half of that may get none).
+    """
+    counts = matrix.astype(np.float64).ravel()
+    total = counts.sum()
+    if total <= 0:
+        return []
+    quota = counts * rows / total
+    share = np.floor(quota).astype(np.int64)
+    leftover = rows - int(share.sum())
+    share[np.argsort(-(quota - share), kind="stable")[:leftover]] += 1
+    n = len(names)
+    return [
+        {"actual": names[i // n], "predicted": names[i % n]}
+        for i in np.flatnonzero(share) for _ in range(int(share[i]))
+    ]
 
 
 def safe_name(text: str) -> str:
@@ -54,16 +78,19 @@ def write_reports(
     paths: ReportPaths,
     extra: dict[str, dict[str, Any]] | None = None,
     confused_pairs: Sequence[tuple[str, str]] = (),
+    confusion_plot_rows: int = 0,
 ) -> dict[str, Any]:
     """Write the metrics JSON (with the ``extra`` splits' summaries under ``splits``), the
-    per-class CSV, the confusion matrix and the overlays of the images ``scored`` kept; returns
-    the metrics summary (with the ``confused_pairs``' confusion rates)."""
+    per-class CSV, the confusion matrix (PNG, and ``confusion_plot_rows`` rows of JSON) and the
+    overlays of the images ``scored`` kept; returns the metrics summary (with the
+    ``confused_pairs``' confusion rates)."""
     result = scored.metrics
     summary = result.summary(classes.names, confused_pairs)
     atomic_files.write_json(paths.eval_metrics, {**summary, "num_images": len(dataset), **({"splits": extra} if extra else {})})
     write_per_class_csv(paths.per_class_iou, result, classes.names)
     plot_confusion_matrix(result.matrix, classes.names, paths.confusion_matrix,
                           title=f"Confusion matrix, {SPLIT} (row-normalised), mIoU {result.miou:.3f}")
+    atomic_files.write_json(paths.confusion_rows, confusion_rows(result.matrix, classes.names, confusion_plot_rows))
     with atomic_files.atomic_dir(paths.overlays) as tmp_dir:
         for index in sorted(scored.kept):
             target, pred = scored.kept[index]

@@ -32,6 +32,7 @@ from pspnet.evaluate.scoring import (
 )
 from pspnet.layout import (
     CONFUSION_MATRIX_FILE,
+    CONFUSION_ROWS_FILE,
     EVAL_METRICS_FILE,
     OVERLAYS_DIR,
     PER_CLASS_IOU_FILE,
@@ -178,8 +179,8 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         num_workers=params.train.num_workers, num_overlays=cfg.num_overlays, desc=f"evaluate {SPLIT}",
     )
     extra = _score_extra_splits(params, layout, ckpt.model, ckpt.model_cfg, classes, device)
-    paths = ReportPaths(layout.eval_metrics, layout.per_class_iou, layout.confusion_matrix, layout.overlays)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs)
+    paths = ReportPaths(layout.eval_metrics, layout.per_class_iou, layout.confusion_matrix, layout.overlays, layout.confusion_rows)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs, cfg.confusion_plot_rows)
     scored.images.save(layout.per_image_scores)
     plot_training_curve(layout.train_history, layout.training_curve)
     _log_to_run(ref, layout, val_metrics(summary, extra), {INFERENCE_TAG: inference_tag(cfg)})
@@ -235,8 +236,9 @@ def evaluate_model(params: Params, root: Path, model: str, load_model: ModelLoad
     )
     extra = _score_extra_splits(params, layout, segmenter.model, model_cfg, classes, device)
     out = Path(out) if out is not None else layout.model_reports / safe_name(model)
-    paths = ReportPaths(out / EVAL_METRICS_FILE, out / PER_CLASS_IOU_FILE, out / CONFUSION_MATRIX_FILE, out / OVERLAYS_DIR)
-    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs)
+    paths = ReportPaths(out / EVAL_METRICS_FILE, out / PER_CLASS_IOU_FILE, out / CONFUSION_MATRIX_FILE, out / OVERLAYS_DIR,
+                        out / CONFUSION_ROWS_FILE)
+    summary = write_reports(scored, dataset, classes, cfg.overlay_alpha, paths, extra, pairs, cfg.confusion_plot_rows)
 
     mlflow.set_experiment(params.mlflow.experiment_name)
     tags = {**run_tags(root), **dataset_tags(layout.prepared), MODEL_TAG: model, INFERENCE_TAG: inference_tag(cfg)}
