@@ -175,3 +175,28 @@ def test_the_test_split_cannot_be_scored_beside_val() -> None:
     with pytest.raises(ConfigError, match=r"evaluate.extra_splits.*scored apart from val.*`test` stage"):
         parse_params({"evaluate": {"extra_splits": ["holdout", "test"]}}, "params.yaml")
 
+
+@pytest.mark.integration  # a registration (export, pyfunc, probe) through a real store
+def test_the_model_card_shows_the_test_score_and_the_gate_never_sees_it(camvid: tuple[Path, Params, str]) -> None:
+    from pspnet.stages import register
+
+    root, params, _ = camvid
+    evaluate(params, root)
+    val = json.loads((root / "metrics" / "eval.json").read_text())
+    test = stage_test.score_test(params, root)
+    assert test["miou"] != pytest.approx(val["miou"])  # the two scores can be told apart below
+
+    report = register.run(params, root)
+    # The gate judged val: its metric, its image count; no test number in its report.
+    assert report["metric_value"] == pytest.approx(val["miou"])
+    assert report["num_val_images"] == len(VAL)
+    assert "test" not in json.dumps(report["gate"])
+    card = (root / "reports" / "model_card.md").read_text()
+    assert "## Metrics (test split)" in card and "never compared by the promotion gate" in card
+    assert f"| test | {len(TEST)} | {test['miou']:.4f} |" in card
+
+    # Scores of another run are stale: left off the card, not shown as this model's.
+    record = json.loads((root / "metrics" / "test" / "eval.json").read_text())
+    (root / "metrics" / "test" / "eval.json").write_text(json.dumps({**record, "run_id": "0" * 32}))
+    register.run(params, root)
+    assert "## Metrics (test split)" not in (root / "reports" / "model_card.md").read_text()
