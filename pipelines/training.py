@@ -1,5 +1,5 @@
 """The training pipeline as a Prefect 3 flow: import-data -> prepare -> validate -> train ->
-evaluate -> register (Prefect wiring only; the work is in :mod:`pspnet.ops`).
+evaluate -> test -> register (Prefect wiring only; the work is in :mod:`pspnet.ops`).
 
 Each stage runs through DVC (:func:`pspnet.ops.dvc.repro_stage`), so ``dvc.lock`` records it and
 an up-to-date stage is skipped. A failed stage is retried unless its exit code says a retry
@@ -50,6 +50,7 @@ STAGE_RETRIES: dict[str, dict[str, Any]] = {
     "validate": {"retries": 0},
     "train": TRANSIENT_RETRIES,
     "evaluate": TRANSIENT_RETRIES,
+    "test": TRANSIENT_RETRIES,
     "register": TRANSIENT_RETRIES,
 }
 
@@ -165,7 +166,7 @@ def training_pipeline(project_dir: str = ".", only_if_new_data: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.training",
-        description="Run prepare -> validate -> train -> evaluate -> register as a Prefect flow (each stage via dvc repro).",
+        description="Run prepare -> validate -> train -> evaluate -> test -> register as a Prefect flow (each stage via dvc repro).",
     )
     parser.add_argument("--project-dir", default=".", help="project root holding dvc.yaml and params.yaml (default: .)")
     parser.add_argument(

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from pspnet.config import DEFAULT_PARAMS_FILE, load_params, parse_params
+from pspnet.config import DEFAULT_PARAMS_FILE, TEST_SPLIT, VAL_SPLIT, load_params, parse_params
 from pspnet.data.classes import CLASSES_FILE, load_classes
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.stages import STAGE_NAMES
@@ -100,6 +100,7 @@ def _make_stage_command(name: str, doc: str) -> None:
 _make_stage_command("prepare", "Write the canonical dataset (images/, masks/, manifest.csv, classes.json).")
 _make_stage_command("validate", "Check the prepared dataset with Great Expectations; fail on any bad sample.")
 _make_stage_command("train", "Train PSPNet; write the checkpoint and log the run to MLflow.")
+_make_stage_command("test", "Score the labelled test split apart from val, when test.enabled (off: record the skip).")
 _make_stage_command("register", "Log + register the model in MLflow; move the champion alias if it is better.")
 
 
@@ -111,10 +112,26 @@ def evaluate_command(
                      "reports go to --out and a new MLflow run, the pipeline's outputs are untouched."),
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="With --model: report folder (default: <paths.metrics>/models/<model>).")] = None,
+    split: Annotated[
+        str,
+        typer.Option(help=f"{VAL_SPLIT}: the evaluate stage | {TEST_SPLIT}: the labelled test split of the trained checkpoint, "
+                     f"scored apart into <paths.metrics>/{TEST_SPLIT}/ and the train run, never the promotion gate "
+                     "(whatever test.enabled says; see pspnet.stages.test)."),
+    ] = VAL_SPLIT,
     params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
     root: RootOption = Path("."),
 ) -> None:
-    """Score the checkpoint on val: metrics/eval.json, plots, overlays (or any --model, see pspnet.stages.evaluate)."""
+    """Score the checkpoint on val: metrics/eval.json, plots, overlays (or any --model, see pspnet.stages.evaluate;
+    or the test split, --split test)."""
+    if split not in (VAL_SPLIT, TEST_SPLIT):
+        raise typer.BadParameter(f"{split!r}: {VAL_SPLIT} or {TEST_SPLIT}. Other splits of evaluate.extra_splits "
+                                 "(e.g. holdout) are scored beside val by `pspnet evaluate`.", param_hint="--split")
+    if split == TEST_SPLIT:
+        if model is not None or out is not None:
+            raise typer.BadParameter(f"--split {TEST_SPLIT} scores the trained checkpoint into <paths.metrics>/{TEST_SPLIT}/; "
+                                     "--model / --out score val only.", param_hint="--split")
+        _score_test(params, root)
+        return
     if model is None:
         if out is not None:
             raise typer.BadParameter("--out goes with --model; the pipeline's evaluate writes to paths.metrics / paths.plots.")
@@ -128,6 +145,17 @@ def evaluate_command(
     with exits_on_error("evaluate"):
         summary = evaluate_model(load_params(_params_path(params, root)), root, model, load_model, out)
     typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def _score_test(params_file: Path, root: Path) -> None:
+    """``evaluate --split test``: the test stage's scoring, on request."""
+    from pspnet.stages.test import score_test
+
+    _configure_logging()
+    root = root.resolve()
+    with exits_on_error("evaluate"):
+        summary = score_test(load_params(_params_path(params_file, root)), root)
+    typer.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
 @app.command("import-data")

@@ -41,6 +41,11 @@ PROMOTION_LOCK_SUFFIX = ".promotion-lock"
 _ALIAS_PATTERN = re.compile(r"[\w-]+")
 _VERSION_ALIAS_PATTERN = re.compile(r"[vV]\d+")
 _MAX_ALIAS_CHARS = 255
+#: The split every model is scored and gated on.
+VAL_SPLIT = "val"
+#: The labelled test split a source may ship (CamVid's test/ + testannot/): scored only apart
+#: from val, by the ``test`` stage or ``pspnet evaluate --split test``, never by the gate.
+TEST_SPLIT = "test"
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -469,7 +474,8 @@ class EvaluateConfig(StrictModel):
     base_size: PositiveInt | None = None
     #: Splits scored beside val when the prepared data has them (e.g. ``data.holdout.split``):
     #: their scores go to eval.json (``splits``), MLflow (``<split>_miou`` ...) and the reports.
-    extra_splits: tuple[str, ...] = ("holdout", "test")
+    #: Never :data:`TEST_SPLIT`: the test split is scored apart (the ``test`` section).
+    extra_splits: tuple[str, ...] = ("holdout",)
     #: Look-alike class pairs (names) whose confusion rate is reported (eval.json ``confusion``,
     #: MLflow ``<split>_confusion_<a>_<b>``): pixels of either class predicted as the other.
     #: ``dataset``: the pairs the prepared data declares (classes.json; context scenes: car/boat).
@@ -481,6 +487,29 @@ class EvaluateConfig(StrictModel):
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.
     overlay_alpha: Probability = 0.5
+
+    @field_validator("extra_splits")
+    @classmethod
+    def _test_split_apart(cls, splits: tuple[str, ...]) -> tuple[str, ...]:
+        if TEST_SPLIT in splits:
+            raise ValueError(
+                f"{TEST_SPLIT!r} is scored apart from val, into its own metrics file, by the `test` stage "
+                f"(test.enabled: true) or `pspnet evaluate --split {TEST_SPLIT}`; remove it from extra_splits"
+            )
+        return splits
+
+
+class TestConfig(StrictModel):
+    """The optional ``test`` stage (:mod:`pspnet.stages.test`): the labelled test split, scored
+    apart from val (its own metrics file, ``test_*`` in the MLflow run, the model card), never
+    by the promotion gate."""
+
+    __test__ = False  # not a pytest test class, despite its name
+
+    #: ``true``: ``dvc repro`` scores the test split of the prepared data (which must have one);
+    #: ``false``: the stage only records that it skipped. A test split is for a rare, final look,
+    #: not for choosing recipes; ``pspnet evaluate --split test`` scores it on request either way.
+    enabled: bool = False
 
 
 class RegisterConfig(StrictModel):
@@ -611,6 +640,7 @@ class Params(StrictModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    test: TestConfig = TestConfig()
     register_: RegisterConfig = Field(default=RegisterConfig(), alias="register")
     mlflow: MlflowConfig = MlflowConfig()
     schedule: ScheduleConfig = ScheduleConfig()

@@ -31,6 +31,8 @@ PER_IMAGE_SCORES_FILE = "per_image.npz"
 CONFUSION_ROWS_FILE = "confusion.json"
 #: ``evaluate --model`` reports: ``<paths.metrics>/models/<model>/``.
 MODEL_REPORTS_DIR = "models"
+#: The test split's scores, apart from val's: ``<paths.metrics>/test/{eval.json,per_class_iou.csv}``.
+TEST_REPORTS_DIR = "test"
 # Under paths.plots
 TRAINING_CURVE_FILE = "training_curve.png"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
@@ -131,6 +133,18 @@ class Layout:
     @property
     def model_reports(self) -> Path:
         return self.metrics / MODEL_REPORTS_DIR
+
+    @property
+    def test_reports(self) -> Path:
+        return self.metrics / TEST_REPORTS_DIR
+
+    @property
+    def test_metrics(self) -> Path:
+        return self.test_reports / EVAL_METRICS_FILE
+
+    @property
+    def test_per_class_iou(self) -> Path:
+        return self.test_reports / PER_CLASS_IOU_FILE
 
     @property
     def training_curve(self) -> Path:

@@ -85,14 +85,14 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Para
     return root, params, run.info.run_id
 
 
-def _confusion(root: Path, params: Params, split: str = "val") -> np.ndarray:
+def _confusion(root: Path, params: Params, split: str = "val", num_classes: int = len(NAMES)) -> np.ndarray:
     """Torchmetrics' confusion matrix (rows: truth) of the checkpoint's predictions on ``split``."""
     from pspnet.data.dataset import SegmentationDataset
     from pspnet.data.transforms import eval_transform
     from pspnet.model.checkpoint import load_checkpoint
 
     model = load_checkpoint(root / "models" / "checkpoint.pt").model
-    cm = MulticlassConfusionMatrix(len(NAMES), ignore_index=255)
+    cm = MulticlassConfusionMatrix(num_classes, ignore_index=255)
     ds = SegmentationDataset(root / params.paths.prepared, split, eval_transform(params))
     with torch.no_grad():
         for image, mask in ds:
@@ -100,9 +100,9 @@ def _confusion(root: Path, params: Params, split: str = "val") -> np.ndarray:
     return cm.compute().numpy().astype(float)
 
 
-def _independent_scores(root: Path, params: Params, split: str = "val") -> dict[str, float]:
+def _independent_scores(root: Path, params: Params, split: str = "val", num_classes: int = len(NAMES)) -> dict[str, float]:
     """Per-image predictions of the checkpoint on ``split``, scored with torchmetrics' confusion matrix."""
-    m = _confusion(root, params, split)
+    m = _confusion(root, params, split, num_classes)
     inter, target, pred = np.diag(m), m.sum(1), m.sum(0)
     union = target + pred - inter
     iou = [i / u for i, u in zip(inter, union) if u > 0]

@@ -65,7 +65,7 @@ def test_new_images_in_the_source_rerun_the_pipeline_with_a_new_data_version(tmp
     updated = json.loads(run(["pspnet", "import-data"], project).stdout)["inputs"][0]
     assert updated["action"] == "dvc update" and updated["changed"] is True
     out = run(["dvc", "repro"], project).stdout
-    for stage in ("prepare", "validate", "train", "evaluate", "register"):
+    for stage in ("prepare", "validate", "train", "evaluate", "test", "register"):
         assert f"Running stage '{stage}'" in out
 
     second = json.loads((project / "data/prepared/dataset.json").read_text())

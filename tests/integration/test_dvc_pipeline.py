@@ -19,7 +19,7 @@ from tests.integration.conftest import run
 
 pytestmark = pytest.mark.integration
 
-STAGES = ("prepare", "validate", "train", "evaluate", "register")
+STAGES = ("prepare", "validate", "train", "evaluate", "test", "register")
 
 
 def ran_stages(output: str) -> set[str]:
@@ -36,6 +36,8 @@ def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> Non
 
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0
+    # The optional test stage is off by default: it records the skip (the embedded data has no test split).
+    assert json.loads((project / "metrics" / "test" / "eval.json").read_text())["skipped"] is True
     assert (project / "reports" / "validation" / "data_docs" / "index.html").is_file()
     assert (project / "plots" / "confusion_matrix.png").is_file()
     assert (project / "plots" / "training_curve.png").is_file()
@@ -76,12 +78,12 @@ def test_repro_end_to_end_then_noop_then_param_change(tiny_project: Path) -> Non
     second = run(["dvc", "repro"], project)
     assert ran_stages(second.stdout) == set(), second.stdout
 
-    # A train parameter changed: train, evaluate and register rerun, data stages do not.
+    # A train parameter changed: train, evaluate, test (a skip) and register rerun, data stages do not.
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["lr"] = params["train"]["lr"] / 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = run(["dvc", "repro"], project)
-    assert ran_stages(third.stdout) == {"train", "evaluate", "register"}, third.stdout
+    assert ran_stages(third.stdout) == {"train", "evaluate", "test", "register"}, third.stdout
     assert len(client.search_model_versions("name='pspnet'")) == 2
 
     # A stage that fails leaves the previous outputs and dvc.lock as they were (persistent

@@ -13,7 +13,7 @@ from tests.integration.conftest import make_tiny_project, run
 
 pytestmark = pytest.mark.integration
 
-STAGES = ("prepare", "validate", "train", "evaluate", "register")
+STAGES = ("prepare", "validate", "train", "evaluate", "test", "register")
 
 
 @pytest.fixture(scope="module")

@@ -42,9 +42,9 @@ def test_stage_exit_code_is_parsed_from_dvc_error_line() -> None:
 
 
 def test_stages_and_retry_policy() -> None:
-    assert list(training.STAGE_TASKS) == ["prepare", "validate", "train", "evaluate", "register"]
+    assert list(training.STAGE_TASKS) == ["prepare", "validate", "train", "evaluate", "test", "register"]
     assert training.STAGE_TASKS["validate"].retries == 0
-    for name in ("train", "evaluate", "register"):
+    for name in ("train", "evaluate", "test", "register"):
         task = training.STAGE_TASKS[name]
         assert task.retries == 2 and task.retry_condition_fn is retry_unless_permanent
 

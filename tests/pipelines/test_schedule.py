@@ -26,7 +26,7 @@ from pspnet.ops import project_lock
 from tests.integration.conftest import REPO_ROOT, make_tiny_project, run, tool_env
 from tests.pipelines.servers import free_port, stop, tail, wait_for
 
-STAGES = ("prepare", "validate", "train", "evaluate", "register")
+STAGES = ("prepare", "validate", "train", "evaluate", "test", "register")
 FLOW_NAME = "pspnet-training"
 DEPLOYMENT = "pspnet-retrain"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pspnet.config import EvaluateConfig, ModelConfig, Params
+from pspnet.config import VAL_SPLIT, EvaluateConfig, ModelConfig, Params
 from pspnet.data.dataset import SegmentationDataset
 from pspnet.data.manifest import MANIFEST_FILE, load_dataset_record, read_manifest
 from pspnet.data.quarantine import excluded_ids
@@ -25,8 +25,8 @@ from pspnet.evaluate.inference import make_loader, predict_loader
 from pspnet.evaluate.metrics import ConfusionMatrix, SegmentationMetrics
 from pspnet.evaluate.scores import ImageScores, image_counts
 
-#: The split that is scored.
-SPLIT = "val"
+#: The split that is scored (and gated on).
+SPLIT = VAL_SPLIT
 #: Data version recorded for prepared data that has no ``dataset.json`` (never trusted as a cache key).
 UNVERSIONED = ""
 
@@ -63,6 +63,12 @@ def split_dataset(
     if len(dataset) == 0:
         raise DataError(f"{prepared / MANIFEST_FILE}: the '{split}' split is empty; nothing to evaluate.")
     return dataset
+
+
+def split_counts(prepared: Path) -> dict[str, int]:
+    """``{split: samples}`` of the prepared data at ``prepared``, in manifest order."""
+    splits = read_manifest(prepared / MANIFEST_FILE)["split"]
+    return {str(split): int(count) for split, count in splits.value_counts(sort=False).items()}
 
 
 def extra_splits(prepared: Path, wanted: Sequence[str]) -> list[str]:

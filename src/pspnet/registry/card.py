@@ -4,7 +4,8 @@ Logged with the version (run artifact ``registry/model_card.md``, and the versio
 description, which the MLflow UI renders) and written to ``reports/model_card.md``. It states
 what a user needs before trusting the model: the data version it was trained and scored on,
 its parameters, its metrics, per-class IoU against the champion, the classes it is weak on,
-and the gate's decision.
+the gate's decision, and the test split's scores when the ``test`` stage produced them (shown
+apart, labelled as test: the gate never sees them).
 """
 
 from __future__ import annotations
@@ -47,6 +48,17 @@ def _extra_split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _test_lines(test: dict[str, Any] | None) -> list[str]:
+    """The test split's scores (the ``test`` stage's), labelled as such."""
+    if not test:
+        return []
+    return ["", "## Metrics (test split)", "",
+            "Scored apart from val by the `test` stage (`pspnet evaluate --split test`); reported only, never "
+            "compared by the promotion gate, which judges val.", "",
+            "| split | images | mIoU | mAcc | allAcc |", "|---|---|---|---|---|",
+            f"| {test.get('split')} | {test.get('num_images')} | {_num(test.get('miou'))} | {_num(test.get('macc'))} | {_num(test.get('allacc'))} |"]
+
+
 def model_card(
     *,
     model_name: str,
@@ -59,6 +71,7 @@ def model_card(
     champion_scores: ImageScores | None,
     gate: GateResult,
     champion_version: str | None,
+    test: dict[str, Any] | None = None,
 ) -> str:
     """The card's Markdown (see the module docstring)."""
     cfg = params.register_
@@ -80,6 +93,7 @@ def model_card(
     lines += ["", "## Metrics (validation)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {_num(v)} |" for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     lines += _extra_split_lines(metrics.get("splits") or {})
+    lines += _test_lines(test)
     if gate.bootstrap is not None:
         boot = gate.bootstrap
         lines += [

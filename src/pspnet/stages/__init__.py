@@ -5,5 +5,5 @@ A stage's name is its module here, its ``params.yaml`` section, its ``dvc.yaml``
 outputs, log.
 """
 
-#: In pipeline order.
-STAGE_NAMES = ("prepare", "validate", "train", "evaluate", "register")
+#: In pipeline order. ``test`` is optional (``test.enabled``, off by default: it records a skip).
+STAGE_NAMES = ("prepare", "validate", "train", "evaluate", "test", "register")

@@ -4,6 +4,8 @@ training curve and validation scores).
 
 :func:`evaluate_model` (``pspnet evaluate --model``) scores any other model the same way, into
 a report folder and a run of its own, without touching the pipeline's outputs.
+:func:`evaluate_apart` scores the checkpoint on a split kept apart from val (the test split of
+the ``test`` stage), into files of its own that the promotion gate never reads.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from typing import Any
 
 from PIL import Image
 
+from pspnet import atomic_files
 from pspnet.config import Params
 from pspnet.data.classes import CLASSES_FILE, ClassTable, load_classes
 from pspnet.device import resolve_device
 from pspnet.errors import ConfigError, PspnetError
 from pspnet.evaluate.plots import plot_training_curve
-from pspnet.evaluate.reports import ReportPaths, safe_name, val_metrics, write_reports
+from pspnet.evaluate.reports import (
+    ReportPaths,
+    safe_name,
+    split_metrics,
+    val_metrics,
+    write_per_class_csv,
+    write_reports,
+)
 from pspnet.evaluate.scoring import (
     SPLIT,
     data_version,
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: MLflow tag naming the test-time settings of the run's (latest) validation scores.
 INFERENCE_TAG = "evaluate.inference"
+#: MLflow tag naming the test-time settings of a split scored apart: ``<split>.inference``.
+APART_INFERENCE_TAG = "{split}.inference"
 #: Tag of an ``evaluate --model`` run naming the model it scored.
 MODEL_TAG = "evaluate.model"
 #: Folder of the MLflow run's artifacts that receives this stage's files.
@@ -189,6 +201,66 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     log.info("evaluate: mIoU %.4f over %d images in %.1f s", scored.metrics.miou, len(dataset), seconds)
     return {
         **_headline(summary, extra),
+        "num_images": len(dataset),
+        "run_id": ref.run_id,
+        "seconds": seconds,
+    }
+
+
+def _log_apart_to_run(ref: RunRef, split: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None:
+    """Log a split scored apart (its ``<split>_*`` metrics and files) into the train stage's run."""
+    import mlflow
+
+    try:
+        with mlflow.start_run(run_id=ref.run_id):
+            mlflow.set_tags(tags)
+            mlflow.log_metrics(metrics)
+            for path in files:
+                mlflow.log_artifact(str(path), artifact_path=f"{ARTIFACT_DIR}/{safe_name(split)}")
+    except mlflow.exceptions.MlflowException as err:
+        raise PspnetError(f"could not log the {split} scores into MLflow run {ref.run_id}: {err}") from None
+
+
+def evaluate_apart(params: Params, root: Path, split: str, metrics_file: Path, per_class_file: Path) -> dict[str, Any]:
+    """Score the trained checkpoint on ``split`` (which the prepared data must hold; the caller
+    checks) apart from val: its summary, with the run, data version and protocol it belongs to,
+    into ``metrics_file``, per-class IoU into ``per_class_file``, both and the ``<split>_*``
+    metrics into the train stage's MLflow run. Nothing that val's reports or the promotion gate
+    read is written (no per-image scores, no eval.json).
+
+    Returns ``{"split", "miou", "miou_absent_as_zero", "macc", "allacc", "num_images", "run_id", "seconds"}``.
+    """
+    started = time.perf_counter()
+    root = Path(root)
+    layout = Layout(root, params.paths)
+    cfg = params.evaluate
+    classes = load_classes(layout.prepared, params.data.ignore_index)
+    pairs = confused_pairs(cfg, classes)
+    ref = RunRef.load(layout.run_ref)
+    setup_mlflow(params.mlflow, root)
+    _check_run(ref, layout)
+    device = resolve_device(params.train.device)
+    ckpt = _load_trained(layout, classes)
+
+    version = data_version(layout.prepared)
+    dataset = split_dataset(params, layout.prepared, layout.quarantine, ckpt.model_cfg, split)
+    scored = score_split(
+        ckpt.model, dataset, classes.names, classes.ignore_index, cfg, device, version,
+        num_workers=params.train.num_workers, desc=f"evaluate {split}",
+    )
+    summary = {**scored.metrics.summary(classes.names, pairs), "num_images": len(dataset)}
+    # What the scores belong to, so that a reader (register's model card) can tell a stale file.
+    record = {**summary, "split": split, "run_id": ref.run_id, "data_version": version, "protocol": inference_tag(cfg)}
+    atomic_files.write_json(metrics_file, record)
+    write_per_class_csv(per_class_file, scored.metrics, classes.names)
+    tags = {APART_INFERENCE_TAG.format(split=split): inference_tag(cfg)}
+    _log_apart_to_run(ref, split, split_metrics(summary, split), tags, [metrics_file, per_class_file])
+
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("evaluate: %s mIoU %.4f over %d images in %.1f s", split, scored.metrics.miou, len(dataset), seconds)
+    return {
+        "split": split,
+        **{key: summary[key] for key in RETURNED_METRICS},
         "num_images": len(dataset),
         "run_id": ref.run_id,
         "seconds": seconds,

@@ -5,7 +5,9 @@ Reads the checkpoint, the run reference and ``evaluate``'s scores (which must be
 current data and protocol); logs and registers the model (:mod:`pspnet.registry.logged_model`,
 reusing the version of a retry), points the challenger alias at it, judges it against the
 champion scored on the same images (:mod:`pspnet.registry.promotion`), and records the
-decision as version tags, in ``reports/registry.json`` and in the model card.
+decision as version tags, in ``reports/registry.json`` and in the model card. The ``test``
+stage's scores (``metrics/test/eval.json``) are read for the model card only: the gate sees
+val's per-image scores and nothing else.
 """
 
 from __future__ import annotations
@@ -35,17 +37,34 @@ from pspnet.tracking.store import setup_mlflow
 log = logging.getLogger(__name__)
 
 
-def read_eval_metrics(path: Path) -> dict[str, Any]:
-    """``metrics/eval.json`` (a JSON object), for the model card."""
+def read_eval_metrics(path: Path, stage: str = "evaluate") -> dict[str, Any]:
+    """``metrics/eval.json`` (or the ``stage`` that wrote ``path``: a JSON object), for the model card."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PspnetError(f"{path}: evaluation metrics not found. Run the `evaluate` stage first.") from None
+        raise PspnetError(f"{path}: evaluation metrics not found. Run the `{stage}` stage first.") from None
     except ValueError as err:
-        raise PspnetError(f"{path}: not valid JSON ({err}). Re-run `evaluate`.") from None
+        raise PspnetError(f"{path}: not valid JSON ({err}). Re-run `{stage}`.") from None
     if not isinstance(raw, dict):
         raise PspnetError(f"{path}: expected a JSON object of metrics, got {type(raw).__name__}.")
     return raw
+
+
+def read_test_metrics(layout: Layout, run_id: str, version: str, protocol: str) -> dict[str, Any] | None:
+    """The ``test`` stage's scores for the model card, when they are of this run, data version and
+    protocol; None when the stage skipped or has not run, or (warned) when they are stale."""
+    path = layout.test_metrics
+    if not path.is_file():
+        return None
+    record = read_eval_metrics(path, stage="test")
+    if record.get("skipped"):
+        return None
+    scored = (record.get("run_id"), record.get("data_version"), record.get("protocol"))
+    if scored != (run_id, version, protocol):
+        log.warning("%s scores run %s, data %r under %r, not this model's (run %s, data %r, %r): left off the model "
+                    "card. Re-run `pspnet evaluate --split test` (or the test stage).", path, *scored, run_id, version, protocol)
+        return None
+    return record
 
 
 def load_current_scores(params: Params, layout: Layout, ckpt: Any) -> ImageScores:
@@ -115,6 +134,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     scores = load_current_scores(params, layout, ckpt)
     eval_metrics = read_eval_metrics(layout.eval_metrics)
     run_ref = RunRef.load(layout.run_ref)
+    test_metrics = read_test_metrics(layout, run_ref.run_id, scores.data_version, scores.protocol)
     checkpoint_sha = sha256_file(layout.checkpoint)
     client = _open_store(params, root, run_ref, layout)
 
@@ -135,7 +155,7 @@ def run(params: Params, root: Path) -> dict[str, Any]:
         model_name=cfg.model_name, version=version, run_id=run_ref.run_id,
         params=params.model_copy(update={"model": ckpt.model_cfg}), data=dataset_tags(layout.prepared),
         metrics=eval_metrics, scores=scores, champion_scores=outcome.champion_scores, gate=gate,
-        champion_version=before.version if before else None,
+        champion_version=before.version if before else None, test=test_metrics,
     )
     client.update_model_version(cfg.model_name, version, description=card_description(card))
     report = registration_report(

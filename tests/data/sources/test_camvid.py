@@ -36,6 +36,20 @@ def _labels(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 12, (HEIGHT, WIDTH)).astype(np.uint8)
 
 
+def write_segnet_camvid(root: Path, splits: dict[str, tuple[str, ...]]) -> Path:
+    """A CamVid in the SegNet layout at ``root``: per split, ``<split>/`` + ``<split>annot/`` (random
+    labels 0..11, 11 void) and ``<split>.txt`` in the tutorial's form, listing every image."""
+    seed = 0
+    for split, names in splits.items():
+        lines = []
+        for name in names:
+            _write(root, split, name, _labels(seed))
+            seed += 1
+            lines.append(f"/SegNet/CamVid/{split}/{name}.png /SegNet/CamVid/{split}annot/{name}.png\n")
+        (root / f"{split}.txt").write_text("".join(lines))
+    return root
+
+
 @pytest.fixture
 def camvid(tmp_path: Path) -> Path:
     """3 train + 2 val samples; train.txt lists two of the three train images (tutorial paths)."""
