@@ -415,7 +415,8 @@ class TrainConfig(StrictModel):
     #: Images per split for a curve point, evenly spaced over the split (0: all of them).
     curve_images: NonNegativeInt = 32
     #: Splits the curve scores, those the prepared data holds (``holdout``: ``data.holdout``).
-    curve_splits: tuple[str, ...] = ("val", "holdout", "test")
+    #: Not ``test`` by default: the test split is scored only on request (the ``test`` stage).
+    curve_splits: tuple[str, ...] = ("val", "holdout")
 
     @model_validator(mode="before")
     @classmethod
