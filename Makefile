@@ -127,7 +127,10 @@ run-camvid: install  ## CamVid from scratch in 30 min on 2 CPU cores -> docs/res
 readme: install  ## rewrite the README's generated result lines from docs/results/*.json
 	python -c "from pspnet.presets import sync_readme; print('rewritten:', sync_readme('.'))"
 
-ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT)
+# MLflow 3.17's UI opens on its GenAI view whatever the experiment's kind says; the link below
+# (or its "Model training" switch, top left, which the browser then remembers) opens the runs.
+ui: install  ## open the MLflow UI on http://127.0.0.1:$(PORT) (runs: the link it prints)
+	@echo "MLflow UI, training runs: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
 
 prefect-ui: install  ## open the Prefect UI (flow runs, deployments, schedules) on http://127.0.0.1:$(PREFECT_PORT)
