@@ -543,6 +543,9 @@ class RegisterConfig(StrictModel):
     #: (height, width) of a probe image fed to the logged model after loading it back; the
     #: registration fails if the artefact rejects it (e.g. shapes frozen at export).
     probe_size: tuple[Annotated[int, Field(ge=16, le=4096)], Annotated[int, Field(ge=16, le=4096)]] = (120, 160)
+    #: Also log the network as an ONNX graph with dynamic batch / height / width (artifact
+    #: ``network_onnx``), checked against the checkpoint at ``probe_size`` before registering.
+    export_onnx: bool = True
     #: Seconds a registration waits for the promotion lock (another registration against the
     #: same store is reading the champion, gating and moving the alias) before it fails.
     lock_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0

@@ -38,7 +38,7 @@ RAW: dict[str, Any] = {
     "model": {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8, "ppm_bins": [1, 2]},
     "train": {"device": "cpu", "num_workers": 0},
     "evaluate": {"batch_size": 4, "num_overlays": 0},
-    "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 200},
+    "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 200, "export_onnx": False},
 }
 
 

@@ -21,7 +21,7 @@ TINY_PARAMS: dict[str, dict] = {
     "data": {"synthetic": {"train_size": 12, "val_size": 6, "height": 48, "width": 64}},
     "train": {"epochs": 1, "batch_size": 4, "crop_size": [48, 64], "log_every_n_steps": 1},
     "evaluate": {"num_overlays": 2},
-    "register": {"export_example_size": [32, 48], "probe_size": [40, 56]},
+    "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "export_onnx": False},  # ONNX: tests/registry
 }
 
 

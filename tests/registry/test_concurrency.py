@@ -41,7 +41,7 @@ SETTINGS = {
     "model": {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8},
     "train": {"device": "cpu"},
     "evaluate": {"batch_size": 12, "num_overlays": 0},
-    "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 500},
+    "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 500, "export_onnx": False},
 }
 MODEL = "pspnet"
 #: Generous bounds for a subprocess (imports, export, logging on a busy 2-core machine).

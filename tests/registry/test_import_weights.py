@@ -59,7 +59,8 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         Image.fromarray(rng.integers(0, 256, (*VAL_SIZE, 3), dtype=np.uint8)).save(release / "images" / folder / f"{name}.jpg")
         Image.fromarray(rng.integers(0, 151, VAL_SIZE, dtype=np.uint8)).save(release / "annotations" / folder / f"{name}.png")
     (release / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n", encoding="utf-8")
-    raw = {"data": {"source": {"name": "ade20k", "location": str(release)}}, "evaluate": {"num_overlays": 1}}
+    raw = {"data": {"source": {"name": "ade20k", "location": str(release)}}, "evaluate": {"num_overlays": 1},
+           "register": {"export_onnx": False}}  # a ResNet-50 graph; the ONNX path is tested in test_register
     (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     saved = semseg_checkpoint(layers=50, classes=150, seed=7)
     source = base / "train_epoch_100.pth"

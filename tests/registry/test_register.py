@@ -21,6 +21,7 @@ from pspnet.errors import PspnetError
 from pspnet.evaluate.scores import ImageScores
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.model.export import SegmentationModel
+from pspnet.model.onnx_export import agreement, onnx_session
 from pspnet.model.pspnet import PSPNet, build_model
 from pspnet.stages import register as reg
 from pspnet.stages.evaluate import run as evaluate
@@ -41,7 +42,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Para
             "model": {"encoder": "resnet18", "head_channels": 16, "aux_channels": 8},
             "train": {"device": "cpu"},
             "evaluate": {"batch_size": 12, "num_overlays": 0},
-            "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 500},
+            # ONNX export (9 s a registration) only where a test looks at it.
+            "register": {"export_example_size": [32, 48], "probe_size": [40, 56], "bootstrap_samples": 500,
+                         "export_onnx": False},
         }
     )
     root = tmp_path / "proj"
@@ -196,6 +199,7 @@ def test_scores_of_stale_data_are_refused_before_anything_is_logged(project: tup
 
 def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tuple[Path, Params]) -> None:
     root, params = project
+    params = params.model_copy(update={"register_": params.register_.model_copy(update={"export_onnx": True})})
     torch.manual_seed(0)
     model = build_model(params.model, len(NAMES)).eval()
     make_candidate(root, params, model, "random")
@@ -224,3 +228,9 @@ def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tupl
         pyfunc.predict(np.zeros((1, 8, 8), np.uint8))
     info = mlflow.models.get_model_info("models:/pspnet@champion")
     assert info.metadata["class_names"] == list(NAMES) and info.metadata["num_classes"] == len(NAMES)
+
+    # The version carries the ONNX graph, checked at registration; it runs any other size too.
+    assert info.metadata["onnx"]["class_agreement"] >= 0.999 and info.metadata["onnx"]["probe_size"] == [40, 56]
+    (graph,) = Path(mlflow.artifacts.download_artifacts("models:/pspnet/1")).rglob("network.onnx")
+    scores = agreement(onnx_session(graph), reference, [(37, 71), (64, 33)])
+    assert scores["max_abs_logit_diff"] < 1e-4 and scores["class_agreement"] >= 0.999, scores

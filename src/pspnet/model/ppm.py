@@ -33,6 +33,56 @@ class PoolingBranch(nn.Sequential):
         self.bin_size = bin_size
 
 
+def bin_weights(size: torch.Tensor | int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``(bins, size)`` membership of each position in each adaptive-pooling bin: bin ``i``
+    covers ``[floor(i*size/bins), ceil((i+1)*size/bins))``, PyTorch's adaptive-pooling rule.
+
+    Built from tensor ops on the size, so an exported graph keeps it symbolic (any size)."""
+    index = torch.arange(bins, device=like.device).unsqueeze(1)
+    starts = (index * size) // bins
+    ends = ((index + 1) * size + bins - 1) // bins
+    positions = torch.arange(size, device=like.device).unsqueeze(0)
+    return ((positions >= starts) & (positions < ends)).to(like.dtype)
+
+
+class ExactAdaptivePool2d(nn.Module):
+    """Adaptive average / max pooling to ``b x b`` written as bin-membership matrices.
+
+    The same numbers as ``nn.AdaptiveAvgPool2d`` / ``nn.AdaptiveMaxPool2d`` (avg: up to float
+    rounding), but traceable with symbolic height and width: the ONNX exporter decomposes the
+    built-in ops into index arithmetic fixed at the traced size. Training keeps the built-ins.
+
+    Shapes: ``(N, C, h, w)`` -> ``(N, C, b, b)``.
+    """
+
+    def __init__(self, bin_size: int, pooling: str = "avg") -> None:
+        super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"unknown pooling {pooling!r}; known: {sorted(POOLING)}")
+        self.bin_size = int(bin_size)
+        self.pooling = pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = bin_weights(x.shape[-2], self.bin_size, x)  # (b, h)
+        cols = bin_weights(x.shape[-1], self.bin_size, x)  # (b, w)
+        if self.pooling == "avg":
+            rows = rows / rows.sum(1, keepdim=True)
+            cols = cols / cols.sum(1, keepdim=True)
+            return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+        lowest = torch.finfo(x.dtype).min  # masked-out positions never win the max
+        by_rows = (x.unsqueeze(2) + (1 - rows).unsqueeze(-1) * lowest).amax(dim=3)  # (N, C, b, w)
+        return (by_rows.unsqueeze(3) + (1 - cols) * lowest).amax(dim=-1)  # (N, C, b, b)
+
+
+def with_exact_pooling(module: nn.Module) -> nn.Module:
+    """``module`` with every PPM branch's pooling swapped, in place, for :class:`ExactAdaptivePool2d`."""
+    for branch in module.modules():
+        if isinstance(branch, PoolingBranch):
+            pooling = "max" if isinstance(branch[0], nn.AdaptiveMaxPool2d) else "avg"
+            branch[0] = ExactAdaptivePool2d(branch.bin_size, pooling)
+    return module
+
+
 class PyramidPoolingModule(nn.Module):
     """Concatenate a feature map with its pooled, reduced and upsampled pyramid.
 

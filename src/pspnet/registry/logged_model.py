@@ -90,7 +90,8 @@ def register_checkpoint(
 
     from pspnet.registry.packaging import log_segmentation_model
 
-    info = log_segmentation_model(ckpt, run_id, checkpoint_sha, cfg.export_example_size)
+    onnx_probe = cfg.probe_size if cfg.export_onnx else None
+    info = log_segmentation_model(ckpt, run_id, checkpoint_sha, cfg.export_example_size, onnx_probe)
     probe_logged_model(info.model_uri, ckpt, cfg.probe_size)
     tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, **(extra_tags or {}), **class_tags(ckpt)}
     # Creates the registered model on first use (and tolerates a concurrent creation).

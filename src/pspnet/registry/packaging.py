@@ -33,6 +33,10 @@ EXAMPLE_SIDE = 16
 #: Metadata key telling the loader which artefact layout this version uses.
 FORMAT_KEY = "pspnet_format"
 FORMAT = "pyfunc-pt2-v1"
+#: Metadata key of the ONNX graph's check (opset, probe size, max logit difference, class agreement).
+ONNX_METADATA_KEY = "onnx"
+#: Largest share of probe pixels whose class may differ between the ONNX graph and the checkpoint.
+ONNX_MAX_MISMATCH = 0.001
 
 
 def export_network(ckpt: LoadedCheckpoint, example_size: tuple[int, int], path: Path) -> None:
@@ -76,8 +80,36 @@ def model_metadata(ckpt: LoadedCheckpoint, checkpoint_sha: str) -> dict[str, Any
     }
 
 
-def log_segmentation_model(ckpt: LoadedCheckpoint, run_id: str, checkpoint_sha: str, example_size: tuple[int, int]) -> Any:
-    """Log ``ckpt`` into MLflow run ``run_id`` as the pyfunc described above; returns MLflow's ModelInfo."""
+def export_onnx_checked(ckpt: LoadedCheckpoint, example_size: tuple[int, int], probe_size: tuple[int, int], path: Path) -> dict[str, Any]:
+    """Write ``ckpt``'s raw-RGB network as an ONNX graph with dynamic N/H/W and check it against
+    the checkpoint at ``probe_size`` (batch 1: neither the traced size nor batch); returns the
+    check's figures for the model's metadata. A graph that disagrees fails the registration."""
+    from pspnet.model.export import SegmentationModel
+    from pspnet.model.onnx_export import OPSET, agreement, export_onnx, onnx_session
+
+    cfg = ckpt.model_cfg
+    wrapped = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std).cpu()
+    try:
+        export_onnx(wrapped, path, example_size)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many types; all mean "not exportable"
+        raise PspnetError(f"ONNX export of the model failed: {type(err).__name__}: {str(err)[:300]}. "
+                          "Set register.export_onnx: false to register without it.") from err  # fmt: skip
+    scores = agreement(onnx_session(path), wrapped, [tuple(probe_size)])
+    if scores["class_agreement"] < 1 - ONNX_MAX_MISMATCH:
+        raise PspnetError(
+            f"the ONNX graph disagrees with the checkpoint on {1 - scores['class_agreement']:.2%} of a "
+            f"{probe_size[0]}x{probe_size[1]} probe's pixels (max logit difference "
+            f"{scores['max_abs_logit_diff']:.3g}); set register.export_onnx: false and report it."
+        )
+    return {"opset": OPSET, "probe_size": list(probe_size), **scores}
+
+
+def log_segmentation_model(
+    ckpt: LoadedCheckpoint, run_id: str, checkpoint_sha: str, example_size: tuple[int, int],
+    onnx_probe_size: tuple[int, int] | None = None,
+) -> Any:
+    """Log ``ckpt`` into MLflow run ``run_id`` as the pyfunc described above (with an ONNX graph
+    beside it, checked at ``onnx_probe_size``, when that is given); returns MLflow's ModelInfo."""
     import mlflow
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
@@ -95,13 +127,19 @@ def log_segmentation_model(ckpt: LoadedCheckpoint, run_id: str, checkpoint_sha: 
         classes = Path(tmp) / "classes.json"
         export_network(ckpt, example_size, network)
         classes.write_text(json.dumps({"names": names, "colors": colors}), encoding="utf-8")
+        artifacts = {serving_model.NETWORK_ARTIFACT: str(network), serving_model.CLASSES_ARTIFACT: str(classes)}
+        metadata = model_metadata(ckpt, checkpoint_sha)
+        if onnx_probe_size is not None:
+            onnx_file = Path(tmp) / "network.onnx"
+            metadata[ONNX_METADATA_KEY] = export_onnx_checked(ckpt, example_size, onnx_probe_size, onnx_file)
+            artifacts[serving_model.ONNX_ARTIFACT] = str(onnx_file)
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name=LOGGED_MODEL_NAME,
                 python_model=str(SERVING_MODEL_FILE),
-                artifacts={serving_model.NETWORK_ARTIFACT: str(network), serving_model.CLASSES_ARTIFACT: str(classes)},
+                artifacts=artifacts,
                 signature=signature,
                 input_example=example,
                 pip_requirements=pip_requirements(),
-                metadata=model_metadata(ckpt, checkpoint_sha),
+                metadata=metadata,
             )

@@ -24,6 +24,8 @@ import torch
 #: Artifact keys of the model (see the module docstring).
 NETWORK_ARTIFACT = "network"
 CLASSES_ARTIFACT = "classes"
+#: The same network as an ONNX graph (dynamic N/H/W), for ONNX Runtime (``register.export_onnx``).
+ONNX_ARTIFACT = "network_onnx"
 #: Largest value of an 8-bit channel: inputs are RGB in 0..255.
 MAX_PIXEL_VALUE = 255
 #: Channel axis of an (N, H, W, 3) request.
