@@ -354,6 +354,7 @@ def predict_command(
     alpha: Annotated[Optional[float], typer.Option(help="Overlay opacity 0..1 (default: evaluate.overlay_alpha).")] = None,
     summary: Annotated[Optional[Path], typer.Option(help="Write a JSON summary here (class pixel shares per image).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Warn about unreadable images and go on (default: fail).")] = False,
+    runtime: Annotated[str, typer.Option(help="torch | onnxruntime (the model's ONNX graph, CPU; a checkpoint is exported first).")] = "torch",
     params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
     root: RootOption = Path("."),
 ) -> None:
@@ -372,7 +373,7 @@ def predict_command(
         }
         options = PredictOptions(
             inputs=tuple(inputs), out_dir=out, model=model, recursive=recursive, overlay=overlay, alpha=alpha,
-            summary=summary, skip_bad=skip_bad, device=device, inference=inference,
+            summary=summary, skip_bad=skip_bad, device=device, inference=inference, runtime=runtime,
         )
         result = predict(loaded, root, options)
     typer.echo(json.dumps(result, indent=2))

@@ -201,25 +201,34 @@ def test_registered_mlflow_model_gives_the_checkpoints_masks(
     experiment = mlflow.create_experiment("predict-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         pass
-    info = log_segmentation_model(load_checkpoint(workspace["ckpt"]), run.info.run_id, "sha", (64, 96))
+    info = log_segmentation_model(load_checkpoint(workspace["ckpt"]), run.info.run_id, "sha", (64, 96), (40, 56))
     version = mlflow.register_model(info.model_uri, "tiny").version
     mlflow.MlflowClient().set_registered_model_alias("tiny", "best", version)
 
-    registry_out = tmp_path / "registry"
-    result = runner.invoke(app, ["predict", str(workspace["images"]), "-r", "--out", str(registry_out),
-                                 "--model", "models:/tiny@best", "--root", str(tmp_path), "--device", "cpu", "--no-overlay"])
-    assert result.exit_code == 0, result.output
-    differing = total = 0
     masks = sorted(p for p in checkpoint_run["out"].iterdir() if not p.stem.endswith("_overlay"))
-    assert sorted(p.name for p in registry_out.iterdir()) == [p.name for p in masks]
-    for mask_file in masks:
-        expected = np.array(Image.open(mask_file))
-        got = np.array(Image.open(registry_out / mask_file.name))
-        assert got.shape == expected.shape
-        differing += int((got != expected).sum())
-        total += expected.size
-    print(f"registry vs checkpoint: {differing} of {total} pixels differ")
-    assert differing <= MAX_DIFFERING_SHARE * total
+    # The registered program, its ONNX graph on ONNX Runtime, and the checkpoint exported on the fly.
+    for name, model, runtime in [("registry", "models:/tiny@best", "torch"), ("onnx", "models:/tiny@best", "onnxruntime"),
+                                 ("ckpt-onnx", str(workspace["ckpt"]), "onnxruntime")]:  # fmt: skip
+        out = tmp_path / name
+        result = runner.invoke(app, ["predict", str(workspace["images"]), "-r", "--out", str(out), "--model", model,
+                                     "--runtime", runtime, "--root", str(tmp_path), "--device", "cpu", "--no-overlay"])
+        assert result.exit_code == 0, result.output
+        differing = total = 0
+        assert sorted(p.name for p in out.iterdir()) == [p.name for p in masks]
+        for mask_file in masks:
+            expected = np.array(Image.open(mask_file))
+            got = np.array(Image.open(out / mask_file.name))
+            assert got.shape == expected.shape
+            differing += int((got != expected).sum())
+            total += expected.size
+        print(f"{name} vs checkpoint: {differing} of {total} pixels differ")
+        assert differing <= MAX_DIFFERING_SHARE * total, name
+
+    # A version logged without the graph says so and how to get one.
+    plain = log_segmentation_model(load_checkpoint(workspace["ckpt"]), run.info.run_id, "sha", (64, 96))
+    result = runner.invoke(app, ["predict", str(workspace["images"]), "-r", "--out", str(tmp_path / "none"), "--model",
+                                 plain.model_uri, "--runtime", "onnxruntime", "--root", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2 and "holds no ONNX graph" in result.output and "--runtime torch" in result.output
 
     # The exported program rejects passes under 9 px: windows and scales that small still work.
     tiny_out = tmp_path / "tiny"
@@ -229,6 +238,10 @@ def test_registered_mlflow_model_gives_the_checkpoints_masks(
     assert result.exit_code == 0, result.output
     with Image.open(tiny_out / "speck.png") as mask:
         assert mask.size == (TINY_SIZE[1], TINY_SIZE[0])
+    result = runner.invoke(app, ["predict", str(workspace["images"] / "speck.png"), "--out", str(tmp_path / "tiny-onnx"),
+                                 "--model", "models:/tiny@best", "--runtime", "onnxruntime", "--root", str(tmp_path),
+                                 "--device", "cpu", "--mode", "slide", "--crop-size", "8x8", "--flip"])
+    assert result.exit_code == 0, result.output
 
 
 def test_min_side_matches_the_serving_model() -> None:

@@ -37,6 +37,8 @@ OUTPUT_NAME = "logits"
 MIN_SIDE = 16
 #: Batch of the traced example: a size-1 dimension would be specialised, freezing the batch.
 EXPORT_BATCH = 2
+#: Runtimes a loaded model can run on (``pspnet predict --runtime``).
+RUNTIMES = ("torch", "onnxruntime")
 
 
 def export_onnx(model: nn.Module, path: Path, example_size: tuple[int, int]) -> Path:
@@ -72,6 +74,22 @@ def onnx_session(path: Path, threads: int | None = None):  # noqa: ANN201 - onnx
 def run_onnx(session, images: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """Logits ``(N, C, H, W)`` of raw RGB ``images`` ``(N, 3, H, W)`` (float32, 0..255)."""
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+class OnnxNetwork(nn.Module):
+    """An ONNX Runtime session (CPU) as a raw-RGB network: float32 ``(N, 3, H, W)`` in 0..255
+    -> logits ``(N, C, H, W)`` on the input's device. Inference-only: modes are ignored."""
+
+    def __init__(self, session) -> None:  # noqa: ANN001 - an onnxruntime.InferenceSession
+        super().__init__()
+        self.session = session
+        self.training = False
+
+    def train(self, mode: bool = True) -> OnnxNetwork:
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(run_onnx(self.session, x.detach().float().cpu().numpy())).to(x.device)
 
 
 def agreement(session, model: nn.Module, sizes: Sequence[tuple[int, int]], batch: int = 1, seed: int = 0) -> dict[str, float]:  # noqa: ANN001

@@ -71,6 +71,8 @@ class PredictOptions:
     summary: Path | None = None
     skip_bad: bool = False
     device: str | None = None
+    #: ``torch`` or ``onnxruntime`` (the model's ONNX graph, on the CPU).
+    runtime: str = "torch"
     inference: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -211,7 +213,7 @@ def predict(params: Params, root: Path, options: PredictOptions) -> dict[str, An
     from pspnet.registry.segmenter import load_model, model_source
 
     source = model_source(options.model, params)
-    loaded = load_model(source, params, root)
+    loaded = load_model(source, params, root, options.runtime)
     segmenter = replace(loaded, model=loaded.model.to(device))
     make_out_dir(out_dir)
     log.info("predicting %d image(s) with %s on %s into %s", len(jobs), segmenter.source, device, out_dir)
@@ -229,5 +231,6 @@ def predict(params: Params, root: Path, options: PredictOptions) -> dict[str, An
         "summary": str(summary_path) if summary_path else None,
         "model": segmenter.source,
         "device": str(device),
+        "runtime": options.runtime,
         "seconds": round(time.perf_counter() - started, 2),
     }

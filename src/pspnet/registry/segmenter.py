@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: guards need 9+ pixels at output stride 8), so smaller passes (images, slide windows, test
 #: scales) are edge-padded to this and the logits cropped back, as the served model does.
 MIN_SIDE = serving_model.MIN_SIDE
+#: (height, width) an ONNX graph is traced at when a checkpoint is run on ONNX Runtime.
+ONNX_TRACE_SIZE = (64, 96)
 #: File suffixes treated as checkpoint paths rather than MLflow URIs.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 #: The explicit opt-in to unpickling model files (MLflow's own switch, so one setting covers
@@ -125,7 +127,14 @@ def is_checkpoint_path(source: str) -> bool:
     return Path(source).is_file() or (source.lower().endswith(CHECKPOINT_SUFFIXES) and "://" not in source)
 
 
-def _from_checkpoint(path: Path) -> Segmenter:
+def _onnx_network(graph: Path, mean: torch.Tensor, std: torch.Tensor) -> nn.Module:
+    """Normalised input -> logits through an ONNX Runtime session of ``graph`` (read at once)."""
+    from pspnet.model.onnx_export import OnnxNetwork, onnx_session
+
+    return MinSideInput(FromNormalized(OnnxNetwork(onnx_session(graph)), mean, std))
+
+
+def _from_checkpoint(path: Path, runtime: str = "torch") -> Segmenter:
     from pspnet.model.checkpoint import load_checkpoint
 
     if not path.is_file():
@@ -134,7 +143,15 @@ def _from_checkpoint(path: Path) -> Segmenter:
     names = tuple(ckpt.meta.get("class_names") or (str(i) for i in range(ckpt.num_classes)))
     colors = tuple(tuple(int(v) for v in c) for c in ckpt.meta.get("class_colors") or ())
     cfg = ckpt.model_cfg
-    model = MinSideInput(ckpt.model.eval())
+    model: nn.Module = MinSideInput(ckpt.model.eval())
+    if runtime == "onnxruntime":  # a checkpoint has no graph yet: export one (seconds)
+        from pspnet.model.export import SegmentationModel
+        from pspnet.model.onnx_export import export_onnx
+
+        wrapped = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std)
+        with tempfile.TemporaryDirectory(prefix="pspnet-onnx-") as tmp:
+            graph = export_onnx(wrapped, Path(tmp) / "network.onnx", ONNX_TRACE_SIZE)
+            model = _onnx_network(graph, wrapped.mean.flatten(), wrapped.std.flatten())
     return Segmenter(model, names, colors, tuple(cfg.input_mean), tuple(cfg.input_std), str(path))
 
 
@@ -215,7 +232,25 @@ def _program_and_classes(uri: str, local: Path, flavors: dict[str, Any], meta: d
     )
 
 
-def _from_mlflow(uri: str) -> Segmenter:
+def _onnx_from_mlflow(uri: str, local: Path, flavors: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The version's logged ONNX graph as a network on normalised input (the session reads the
+    file at once, so the download may go), and its normalisation (0..255 units)."""
+    artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
+    if serving_model.ONNX_ARTIFACT not in artifacts:
+        raise ConfigError(
+            f"{uri}: this version holds no ONNX graph (registered with register.export_onnx: false, or before "
+            "ONNX export existed). Use --runtime torch, or register the model again from its checkpoint."
+        )
+    graph = _artifact_path(local, flavors, serving_model.ONNX_ARTIFACT, uri)
+    try:
+        mean = torch.tensor(meta["input_mean"], dtype=torch.float32) * 255
+        std = torch.tensor(meta["input_std"], dtype=torch.float32) * 255
+    except (KeyError, TypeError, ValueError) as err:
+        raise PspnetError(f"{uri}: the model records no usable input_mean / input_std ({err}).") from None
+    return _onnx_network(graph, mean, std), mean, std
+
+
+def _from_mlflow(uri: str, runtime: str = "torch") -> Segmenter:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
@@ -230,17 +265,22 @@ def _from_mlflow(uri: str) -> Segmenter:
                 f"MLFLOW_TRACKING_URI points at the store holding it (now {mlflow.get_tracking_uri()!r})."
             ) from None
         meta = info.metadata or {}
-        program, names, colors = _program_and_classes(uri, local, info.flavors, meta)
-    buffers = dict(program.named_buffers())
-    if MEAN_BUFFER not in buffers or STD_BUFFER not in buffers:
-        raise PspnetError(f"{uri}: the network has no '{MEAN_BUFFER}' / '{STD_BUFFER}' normalisation buffers; not a PSPNet export.")
-    mean, std = buffers[MEAN_BUFFER].flatten(), buffers[STD_BUFFER].flatten()
+        if runtime == "onnxruntime":
+            model, mean, std = _onnx_from_mlflow(uri, local, info.flavors, meta)
+            names, colors = [], []
+        else:
+            program, names, colors = _program_and_classes(uri, local, info.flavors, meta)
+            buffers = dict(program.named_buffers())
+            if MEAN_BUFFER not in buffers or STD_BUFFER not in buffers:
+                raise PspnetError(f"{uri}: the network has no '{MEAN_BUFFER}' / '{STD_BUFFER}' normalisation buffers; not a PSPNet export.")
+            mean, std = buffers[MEAN_BUFFER].flatten(), buffers[STD_BUFFER].flatten()
+            model = MinSideInput(FromNormalized(program, mean, std))
     names = names or list(meta.get("class_names") or [])
     colors = colors or [list(c) for c in meta.get("class_colors") or []]
     if not names:
         raise PspnetError(f"{uri}: the model records no class names (metadata 'class_names').")
     return Segmenter(
-        model=MinSideInput(FromNormalized(program, mean, std)),
+        model=model,
         class_names=tuple(names),
         class_colors=tuple(tuple(int(v) for v in c) for c in colors),
         input_mean=to_fractions(mean.tolist()),
@@ -249,16 +289,22 @@ def _from_mlflow(uri: str) -> Segmenter:
     )
 
 
-def load_segmenter(source: str | Path) -> Segmenter:
-    """A :class:`Segmenter` from a checkpoint path or an MLflow model URI (see the module docstring).
+def load_segmenter(source: str | Path, runtime: str = "torch") -> Segmenter:
+    """A :class:`Segmenter` from a checkpoint path or an MLflow model URI (see the module docstring),
+    running on PyTorch or, with ``runtime="onnxruntime"``, on ONNX Runtime (the version's logged
+    ONNX graph; a checkpoint is exported first).
 
     MLflow URIs resolve against the current tracking / registry URI (call
     :func:`pspnet.tracking.store.setup_mlflow` first to use the project's store).
     """
+    from pspnet.model.onnx_export import RUNTIMES
+
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}.")
     text = str(source)
     if is_checkpoint_path(text):
-        return _from_checkpoint(Path(text))
-    return _from_mlflow(text)
+        return _from_checkpoint(Path(text), runtime)
+    return _from_mlflow(text, runtime)
 
 
 # --------------------------------------------------------------------------- by name or path
@@ -295,13 +341,13 @@ def _require_store(tracking_uri: str, source: str) -> None:
         )
 
 
-def load_model(source: str, params: Params, root: Path) -> Segmenter:
+def load_model(source: str, params: Params, root: Path, runtime: str = "torch") -> Segmenter:
     """The :class:`Segmenter` for a checkpoint path, a local MLflow model
-    folder or an MLflow URI (resolved against the project's store)."""
+    folder or an MLflow URI (resolved against the project's store), on ``runtime``."""
     from pspnet.tracking.store import resolve_tracking_uri, setup_mlflow
 
     if not is_checkpoint_path(source) and not Path(source).is_dir():
         if source.startswith(STORE_SCHEMES):
             _require_store(resolve_tracking_uri(params.mlflow, root), source)
         setup_mlflow(params.mlflow, root)
-    return load_segmenter(source)
+    return load_segmenter(source, runtime)
