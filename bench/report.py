@@ -378,6 +378,32 @@ def _gpu(s: dict[str, Any]) -> list[str]:
     ]
 
 
+RUNTIME_LABELS = {"eager": "PyTorch eager", "torch_export": "torch.export program", "onnxruntime": "ONNX Runtime (fp32)"}
+
+
+def _runtimes(s: dict[str, Any]) -> list[str]:
+    st = s["settings"]
+    out = [
+        f"Settings: PSPNet ({st['encoder']}, {st['stem']} stem, output stride 8, 150 classes) as `register` logs it (raw "
+        f"RGB in, logits out, class map by argmax), batch {st['batch']}, float32, {st['threads']} threads for every "
+        f"runtime. The torch.export program and the ONNX graph are traced at {st['trace_size'][0]}x{st['trace_size'][1]} "
+        "with dynamic batch, height and width, so both sizes below are sizes they never saw. Per size: "
+        f"{st['warmup_runs']} warm-up round, then {st['timed_runs']} timed rounds, the runtimes interleaved "
+        "(order reversed every other round). Export took "
+        + ", ".join(f"{RUNTIME_LABELS[k]} {v:.1f} s" for k, v in s["export_seconds"].items()) + ".",
+        "",
+        "| size | runtime | images/s, median (min–max) | latency ms, median (max) | vs eager | class maps = eager |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, r in s["sizes"].items():
+        for name, label in RUNTIME_LABELS.items():
+            lat = r["latency_ms"][name]
+            vs = _ratio(r["ratio_vs_eager"][name]) if name in r["ratio_vs_eager"] else "1"
+            same = f"{r['class_agreement_vs_eager'][name]:.4%}" if name in r["class_agreement_vs_eager"] else "-"
+            out.append(f"| {size} | {label} | {_fig(r['images_per_s'][name], 3)} | {_f(lat['median'], 0)} ({_f(lat['max'], 0)}) | {vs} | {same} |")
+    return out + ["", "Latency max is the slowest of the timed rounds (too few rounds for a p99).", ""]
+
+
 # --------------------------------------------------------------------------------------------
 # The document
 # --------------------------------------------------------------------------------------------
@@ -390,6 +416,7 @@ SECTION_TITLES = {
     "dvc": "5. DVC: no-op `dvc repro` and the pipeline's overhead",
     "memory": "6. Peak training memory on the CPU",
     "gpu": "7. GPU figures (not measured in this run)",
+    "runtimes": "8. Inference runtimes: PyTorch eager, torch.export, ONNX Runtime",
 }
 RENDERERS = {
     "training": _training,
@@ -399,6 +426,7 @@ RENDERERS = {
     "dvc": _dvc,
     "memory": _memory,
     "gpu": _gpu,
+    "runtimes": _runtimes,
 }
 
 

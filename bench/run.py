@@ -8,7 +8,8 @@ Sections (``--only`` takes a comma-separated subset):
 - ``validation``: ``pspnet validate`` samples/s and peak memory at 5,000 / 10,000 / 20,000 samples;
 - ``dvc``: full and no-op ``dvc repro``, pipeline overhead;
 - ``memory``: peak training memory per batch size, crop and gradient checkpointing;
-- ``gpu``: the GPU figures of docs/results/gpu-h100.json (measured by bench/gpu_train.py).
+- ``gpu``: the GPU figures of docs/results/gpu-h100.json (measured by bench/gpu_train.py);
+- ``runtimes``: the registered network on PyTorch eager, torch.export and ONNX Runtime at 360x480 and 713x713.
 
 Every figure is the median of repeated runs, with a ratio against a peer measured in the same
 run. ``--quick`` runs every section at toy sizes (a smoke test, seconds, not figures to quote).
@@ -37,7 +38,7 @@ from bench import report  # noqa: E402
 from bench.timing import Progress, clock, git_state, load_average, machine, versions  # noqa: E402
 from pspnet import atomic_files
 
-SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", "gpu")
+SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", "gpu", "runtimes")
 #: The paper's test scales (also ``bench.models.PAPER_SCALES``; repeated here so that loading
 #: the settings does not import torch).
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
@@ -57,6 +58,7 @@ FULL: dict[str, dict[str, Any]] = {
         ["pspnet", 473, 4, False], ["pspnet", 473, 4, True], ["deeplabv3", 473, 2, False], ["deeplabv3", 473, 2, True],
     ]},  # fmt: skip
     "gpu": {"json": "docs/results/gpu-h100.json", "markdown": "docs/results/gpu-h100.md"},
+    "runtimes": {"encoder": "resnet50", "stem": "deep", "sizes": [[360, 480], [713, 713]], "warmup_runs": 1, "timed_runs": 4},
 }
 #: ``--quick``: the same code paths at toy sizes (for the test and a smoke run).
 QUICK: dict[str, dict[str, Any]] = {
@@ -68,10 +70,13 @@ QUICK: dict[str, dict[str, Any]] = {
     "dvc": {"runs": 2, "target": ["prepare"]},
     "memory": {"precision": "fp32", "configs": [["pspnet", 65, 2, False], ["pspnet", 65, 2, True], ["deeplabv3", 65, 2, False]]},
     "gpu": FULL["gpu"],
+    "runtimes": {"encoder": "resnet18", "stem": "auto", "sizes": [[40, 56], [45, 61]], "warmup_runs": 0, "timed_runs": 2},
 }
 #: A-priori seconds of each section on a 2-core CPU (for the ETA only).
-ESTIMATES_S = {"training": 190, "inference": 70, "pipeline": 35, "validation": 85, "dvc": 85, "memory": 110, "gpu": 1}
-QUICK_ESTIMATES_S = {"training": 10, "inference": 8, "pipeline": 6, "validation": 10, "dvc": 10, "memory": 12, "gpu": 1}
+ESTIMATES_S = {"training": 190, "inference": 70, "pipeline": 35, "validation": 85, "dvc": 85, "memory": 110, "gpu": 1,
+               "runtimes": 300}  # fmt: skip
+QUICK_ESTIMATES_S = {"training": 10, "inference": 8, "pipeline": 6, "validation": 10, "dvc": 10, "memory": 12, "gpu": 1,
+                     "runtimes": 25}  # fmt: skip
 #: Bytecode cache of the measured subprocesses: outside the venv, kept between runs.
 PYCACHE_DIR = Path(tempfile.gettempdir()) / "pspnet-bench-pycache"
 
@@ -104,6 +109,10 @@ def run_section(name: str, settings: dict[str, Any], progress: Progress, work: P
         return memory(settings, progress, REPO, pycache)
     if name == "gpu":
         return report.gpu_section(REPO, settings)
+    if name == "runtimes":
+        from bench.runtimes import runtimes
+
+        return runtimes(settings, progress)
     raise ValueError(name)
 
 

@@ -116,6 +116,17 @@ def test_memory_rows_and_gpu_section(quick_run: tuple[dict, str]) -> None:
     assert "No GPU figures yet" in report.render(missing)
 
 
+def test_runtimes_section_compares_onnx_runtime_and_torch_export_with_eager(quick_run: tuple[dict, str]) -> None:
+    data, markdown = quick_run
+    section = data["sections"]["runtimes"]
+    assert set(section["sizes"]) == {f"{h}x{w}" for h, w in QUICK["runtimes"]["sizes"]}
+    for size in section["sizes"].values():
+        assert set(size["ratio_vs_eager"]) == {"torch_export", "onnxruntime"}
+        assert all(r["ratio"] > 0 for r in size["ratio_vs_eager"].values())
+        assert all(share >= 0.999 for share in size["class_agreement_vs_eager"].values())  # the same model
+    assert "ONNX Runtime (fp32)" in markdown
+
+
 def test_only_runs_the_chosen_sections(tmp_path: Path) -> None:
     assert main(["--quick", "--only", "gpu", "--out-dir", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "benchmarks.json").read_text())

@@ -39,21 +39,26 @@ ONNX_METADATA_KEY = "onnx"
 ONNX_MAX_MISMATCH = 0.001
 
 
+def export_program(wrapped: torch.nn.Module, example_size: tuple[int, int]) -> torch.export.ExportedProgram:
+    """``wrapped`` (raw RGB -> logits) as a ``torch.export`` program with dynamic batch, height
+    and width, traced at ``example_size`` (h, w)."""
+    h, w = example_size
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(0, serving_model.MAX_PIXEL_VALUE + 1, (EXPORT_BATCH, 3, h, w), generator=generator).float()
+    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    try:
+        return torch.export.export(wrapped, (example,), dynamic_shapes=(dynamic,))
+    except Exception as err:  # noqa: BLE001 - torch.export raises many types; all mean "not exportable"
+        raise PspnetError(f"torch.export could not trace the model at {h}x{w}: {type(err).__name__}: {err}") from err
+
+
 def export_network(ckpt: LoadedCheckpoint, example_size: tuple[int, int], path: Path) -> None:
     """Write ``ckpt``'s network, wrapped to take raw RGB, as a ``torch.export`` program."""
     from pspnet.model.export import SegmentationModel
 
     cfg = ckpt.model_cfg
     wrapped = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std).cpu()
-    h, w = example_size
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randint(0, serving_model.MAX_PIXEL_VALUE + 1, (EXPORT_BATCH, 3, h, w), generator=generator).float()
-    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-    try:
-        program = torch.export.export(wrapped, (example,), dynamic_shapes=(dynamic,))
-    except Exception as err:  # noqa: BLE001 - torch.export raises many types; all mean "not exportable"
-        raise PspnetError(f"torch.export could not trace the model at {h}x{w}: {type(err).__name__}: {err}") from err
-    torch.export.save(program, str(path))
+    torch.export.save(export_program(wrapped, example_size), str(path))
 
 
 def pip_requirements() -> list[str]:
