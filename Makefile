@@ -103,7 +103,7 @@ test-all: install  ## every test, the `slow` ones (benchmarks, torch.compile on 
 GPU_REPORT ?= docs/results/gpu-h100.json
 HAS_CUDA = python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
 
-bench: install  ## benchmarks with ratios against peers -> docs/benchmarks.md + .json (about 12 min on 2 CPU cores; BENCH_ARGS="--quick" / "--only training,inference"; GPU figures first where CUDA is present)
+bench: install  ## benchmarks with ratios against peers -> docs/benchmarks.md + .json (about 17 min on 2 CPU cores; BENCH_ARGS="--quick" / "--only training,inference"; GPU figures first where CUDA is present)
 	@if $(HAS_CUDA); then \
 	  python bench/gpu_train.py --phase eager --out .bench-gpu-eager.json && \
 	  python bench/gpu_train.py --phase compile --variants bf16+cl+compile --batches 16 8 --out .bench-gpu-compile.json && \

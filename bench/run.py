@@ -43,7 +43,7 @@ SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", 
 #: the settings does not import torch).
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
-#: What ``make bench`` measures. Budget on a 2-core CPU: about 12 minutes in all.
+#: What ``make bench`` measures. Budget on a 2-core CPU: about 17 minutes in all (runtimes: 5).
 FULL: dict[str, dict[str, Any]] = {
     "training": {"crop": 473, "batch": 2, "precisions": ["auto", "fp32"], "channels_last": ["auto"], "warmup_steps": 1,
                  "timed_steps": 3},  # fmt: skip
