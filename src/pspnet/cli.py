@@ -118,6 +118,8 @@ def evaluate_command(
                      f"scored apart into <paths.metrics>/{TEST_SPLIT}/ and the train run, never the promotion gate "
                      "(whatever test.enabled says; see pspnet.stages.test)."),
     ] = VAL_SPLIT,
+    runtime: Annotated[str, typer.Option(help="With --model: torch | onnxruntime | onnxruntime-int8 (quantised on "
+                                              "evaluate.int8_calibration_images prepared train images).")] = "torch",
     params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
     root: RootOption = Path("."),
 ) -> None:
@@ -133,17 +135,21 @@ def evaluate_command(
         _score_test(params, root)
         return
     if model is None:
-        if out is not None:
-            raise typer.BadParameter("--out goes with --model; the pipeline's evaluate writes to paths.metrics / paths.plots.")
+        if out is not None or runtime != "torch":
+            raise typer.BadParameter("--out and --runtime go with --model; the pipeline's evaluate scores the checkpoint "
+                                     "on PyTorch into paths.metrics / paths.plots.")
         run_stage("evaluate", params, root)
         return
+    import functools
+
     from pspnet.registry.segmenter import load_model
     from pspnet.stages.evaluate import evaluate_model
 
     _configure_logging()
     root = root.resolve()
     with exits_on_error("evaluate"):
-        summary = evaluate_model(load_params(_params_path(params, root)), root, model, load_model, out)
+        loader = functools.partial(load_model, runtime=runtime)
+        summary = {**evaluate_model(load_params(_params_path(params, root)), root, model, loader, out), "runtime": runtime}
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
@@ -354,7 +360,8 @@ def predict_command(
     alpha: Annotated[Optional[float], typer.Option(help="Overlay opacity 0..1 (default: evaluate.overlay_alpha).")] = None,
     summary: Annotated[Optional[Path], typer.Option(help="Write a JSON summary here (class pixel shares per image).")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Warn about unreadable images and go on (default: fail).")] = False,
-    runtime: Annotated[str, typer.Option(help="torch | onnxruntime (the model's ONNX graph, CPU; a checkpoint is exported first).")] = "torch",
+    runtime: Annotated[str, typer.Option(help="torch | onnxruntime (the model's ONNX graph, CPU; a checkpoint is exported first) | "
+                                              "onnxruntime-int8 (that graph quantised on prepared train images).")] = "torch",
     params: ParamsOption = Path(DEFAULT_PARAMS_FILE),
     root: RootOption = Path("."),
 ) -> None:

@@ -484,6 +484,9 @@ class EvaluateConfig(StrictModel):
     #: Records in ``confusion.json``, the val confusion matrix as (actual, predicted) rows for
     #: ``dvc plots`` (DVC's confusion template counts records; each stands for total/rows pixels).
     confusion_plot_rows: PositiveInt = 2000
+    #: Images of the prepared train split (evenly spaced) that ``--runtime onnxruntime-int8``
+    #: measures activation ranges on before quantising the graph to int8.
+    int8_calibration_images: PositiveInt = 32
     #: How many validation images get a prediction-overlay PNG.
     num_overlays: NonNegativeInt = 4
     #: Opacity of the class colours over the image in overlay PNGs.

@@ -243,3 +243,28 @@ def test_evaluate_rejects_unknown_run_and_ignore_mismatch(project: tuple[Path, P
     mismatched = parse_params({**params.model_dump(mode="json", by_alias=True), "data": {"ignore_index": 254}})
     with pytest.raises(ConfigError, match="ignore_index"):
         evaluate(mismatched, root)
+
+
+def test_any_model_scored_on_onnx_runtime_fp32_and_int8(project: tuple[Path, Params, str], tmp_path: Path) -> None:
+    """`pspnet evaluate --model CKPT --runtime ...`: ONNX Runtime fp32 scores what PyTorch scores;
+    int8 is calibrated on the prepared train split and scored the same way (its mIoU cost)."""
+    import functools
+
+    from pspnet.registry.segmenter import calibration_images, load_model
+    from pspnet.stages.evaluate import evaluate_model
+
+    root, params, _ = project
+    ckpt = str(root / "models" / "checkpoint.pt")
+    scores = {
+        runtime: evaluate_model(params, root, ckpt, functools.partial(load_model, runtime=runtime), tmp_path / runtime)
+        for runtime in ("torch", "onnxruntime", "onnxruntime-int8")
+    }
+    assert scores["onnxruntime"]["miou"] == pytest.approx(scores["torch"]["miou"], abs=1e-3)
+    assert 0.0 <= scores["onnxruntime-int8"]["miou"] <= 1.0
+    assert scores["onnxruntime-int8"]["num_images"] == scores["torch"]["num_images"]
+    images = calibration_images(params, root)
+    assert images and all(i.shape[:2] == (1, 3) and i.dtype == np.float32 for i in images)
+
+    empty = tmp_path / "empty"
+    with pytest.raises(ConfigError, match="calibrates on the prepared train split"):
+        calibration_images(params, empty)

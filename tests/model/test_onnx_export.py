@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -66,3 +67,23 @@ def test_the_model_keeps_its_builtin_pooling_and_max_pooling_exports_too(tmp_pat
     assert scores["max_abs_logit_diff"] < LOGIT_TOLERANCE and scores["class_agreement"] >= 0.999, scores
     assert not any(isinstance(m, ExactAdaptivePool2d) for m in model.modules())  # the export swapped a copy
     assert any(isinstance(m, ExactAdaptivePool2d) for m in with_exact_pooling(model).modules())
+
+
+def test_int8_quantisation_shrinks_the_graph_and_keeps_dynamic_shapes(exported: tuple[SegmentationModel, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from pspnet.model.onnx_export import quantize_int8
+
+    model, path = exported
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 256, (1, 3, 64, 96)).astype(np.float32) for _ in range(3)]
+    int8 = quantize_int8(path, tmp_path / "int8.onnx", calibration)
+    assert int8.stat().st_size < path.stat().st_size / 2  # int8 weights: about a quarter of the bytes
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    session = onnx_session(int8)
+    for h, w in [(97, 131), (33, 17)]:
+        assert run_onnx(session, np.zeros((2, 3, h, w), np.float32)).shape == (2, 5, h, w)
+    with pytest.raises(ValueError, match="at least one calibration image"):
+        quantize_int8(path, tmp_path / "none.onnx", [])
+    assert not (tmp_path / "none.onnx").exists()

@@ -37,8 +37,10 @@ OUTPUT_NAME = "logits"
 MIN_SIDE = 16
 #: Batch of the traced example: a size-1 dimension would be specialised, freezing the batch.
 EXPORT_BATCH = 2
-#: Runtimes a loaded model can run on (``pspnet predict --runtime``).
-RUNTIMES = ("torch", "onnxruntime")
+#: Runtimes a loaded model can run on (``pspnet predict / evaluate --runtime``); ``-int8``: the
+#: graph statically quantised (:func:`quantize_int8`).
+RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")
+INT8_RUNTIME = "onnxruntime-int8"
 
 
 def export_onnx(model: nn.Module, path: Path, example_size: tuple[int, int]) -> Path:
@@ -74,6 +76,30 @@ def onnx_session(path: Path, threads: int | None = None):  # noqa: ANN201 - onnx
 def run_onnx(session, images: np.ndarray) -> np.ndarray:  # noqa: ANN001
     """Logits ``(N, C, H, W)`` of raw RGB ``images`` ``(N, 3, H, W)`` (float32, 0..255)."""
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+
+def quantize_int8(graph: Path, out: Path, calibration: Sequence[np.ndarray]) -> Path:
+    """``graph`` statically quantised to int8 into ``out`` (atomically): per-channel int8 weights,
+    uint8 activations whose ranges (min-max) come from running ``calibration``, raw RGB images
+    ``(1, 3, H, W)`` float32 of the data the model will see (e.g. the prepared train split).
+    QDQ format, which ONNX Runtime fuses into int8 convolutions on the CPU."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    if not calibration:
+        raise ValueError("int8 quantisation needs at least one calibration image")
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.images = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            image = next(self.images, None)
+            return None if image is None else {INPUT_NAME: np.ascontiguousarray(image, dtype=np.float32)}
+
+    with atomic_files.atomic_path(out) as tmp:
+        quantize_static(str(graph), str(tmp), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)  # fmt: skip
+    return out
 
 
 class OnnxNetwork(nn.Module):

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,14 +129,17 @@ def is_checkpoint_path(source: str) -> bool:
     return Path(source).is_file() or (source.lower().endswith(CHECKPOINT_SUFFIXES) and "://" not in source)
 
 
-def _onnx_network(graph: Path, mean: torch.Tensor, std: torch.Tensor) -> nn.Module:
-    """Normalised input -> logits through an ONNX Runtime session of ``graph`` (read at once)."""
-    from pspnet.model.onnx_export import OnnxNetwork, onnx_session
+def _onnx_network(graph: Path, mean: torch.Tensor, std: torch.Tensor, calibration: Sequence[np.ndarray] | None = None) -> nn.Module:
+    """Normalised input -> logits through an ONNX Runtime session of ``graph`` (read at once);
+    with ``calibration`` images, of the graph quantised to int8 on them."""
+    from pspnet.model.onnx_export import OnnxNetwork, onnx_session, quantize_int8
 
+    if calibration is not None:
+        graph = quantize_int8(graph, graph.with_name(f"{graph.stem}-int8.onnx"), calibration)
     return MinSideInput(FromNormalized(OnnxNetwork(onnx_session(graph)), mean, std))
 
 
-def _from_checkpoint(path: Path, runtime: str = "torch") -> Segmenter:
+def _from_checkpoint(path: Path, runtime: str = "torch", calibration: Sequence[np.ndarray] | None = None) -> Segmenter:
     from pspnet.model.checkpoint import load_checkpoint
 
     if not path.is_file():
@@ -144,14 +149,14 @@ def _from_checkpoint(path: Path, runtime: str = "torch") -> Segmenter:
     colors = tuple(tuple(int(v) for v in c) for c in ckpt.meta.get("class_colors") or ())
     cfg = ckpt.model_cfg
     model: nn.Module = MinSideInput(ckpt.model.eval())
-    if runtime == "onnxruntime":  # a checkpoint has no graph yet: export one (seconds)
+    if runtime != "torch":  # a checkpoint has no graph yet: export one (seconds)
         from pspnet.model.export import SegmentationModel
         from pspnet.model.onnx_export import export_onnx
 
         wrapped = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std)
         with tempfile.TemporaryDirectory(prefix="pspnet-onnx-") as tmp:
             graph = export_onnx(wrapped, Path(tmp) / "network.onnx", ONNX_TRACE_SIZE)
-            model = _onnx_network(graph, wrapped.mean.flatten(), wrapped.std.flatten())
+            model = _onnx_network(graph, wrapped.mean.flatten(), wrapped.std.flatten(), calibration)
     return Segmenter(model, names, colors, tuple(cfg.input_mean), tuple(cfg.input_std), str(path))
 
 
@@ -232,7 +237,9 @@ def _program_and_classes(uri: str, local: Path, flavors: dict[str, Any], meta: d
     )
 
 
-def _onnx_from_mlflow(uri: str, local: Path, flavors: dict[str, Any], meta: dict[str, Any]) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _onnx_from_mlflow(
+    uri: str, local: Path, flavors: dict[str, Any], meta: dict[str, Any], calibration: Sequence[np.ndarray] | None
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The version's logged ONNX graph as a network on normalised input (the session reads the
     file at once, so the download may go), and its normalisation (0..255 units)."""
     artifacts = (flavors.get("python_function") or {}).get("artifacts") or {}
@@ -247,10 +254,10 @@ def _onnx_from_mlflow(uri: str, local: Path, flavors: dict[str, Any], meta: dict
         std = torch.tensor(meta["input_std"], dtype=torch.float32) * 255
     except (KeyError, TypeError, ValueError) as err:
         raise PspnetError(f"{uri}: the model records no usable input_mean / input_std ({err}).") from None
-    return _onnx_network(graph, mean, std), mean, std
+    return _onnx_network(graph, mean, std, calibration), mean, std
 
 
-def _from_mlflow(uri: str, runtime: str = "torch") -> Segmenter:
+def _from_mlflow(uri: str, runtime: str = "torch", calibration: Sequence[np.ndarray] | None = None) -> Segmenter:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
@@ -265,8 +272,8 @@ def _from_mlflow(uri: str, runtime: str = "torch") -> Segmenter:
                 f"MLFLOW_TRACKING_URI points at the store holding it (now {mlflow.get_tracking_uri()!r})."
             ) from None
         meta = info.metadata or {}
-        if runtime == "onnxruntime":
-            model, mean, std = _onnx_from_mlflow(uri, local, info.flavors, meta)
+        if runtime != "torch":
+            model, mean, std = _onnx_from_mlflow(uri, local, info.flavors, meta, calibration)
             names, colors = [], []
         else:
             program, names, colors = _program_and_classes(uri, local, info.flavors, meta)
@@ -289,22 +296,25 @@ def _from_mlflow(uri: str, runtime: str = "torch") -> Segmenter:
     )
 
 
-def load_segmenter(source: str | Path, runtime: str = "torch") -> Segmenter:
+def load_segmenter(source: str | Path, runtime: str = "torch", calibration: Sequence[np.ndarray] | None = None) -> Segmenter:
     """A :class:`Segmenter` from a checkpoint path or an MLflow model URI (see the module docstring),
     running on PyTorch or, with ``runtime="onnxruntime"``, on ONNX Runtime (the version's logged
-    ONNX graph; a checkpoint is exported first).
+    ONNX graph; a checkpoint is exported first), or on ONNX Runtime int8 (``onnxruntime-int8``:
+    the graph quantised on the ``calibration`` images, raw RGB ``(1, 3, H, W)``).
 
     MLflow URIs resolve against the current tracking / registry URI (call
     :func:`pspnet.tracking.store.setup_mlflow` first to use the project's store).
     """
-    from pspnet.model.onnx_export import RUNTIMES
+    from pspnet.model.onnx_export import INT8_RUNTIME, RUNTIMES
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}.")
+    if (runtime == INT8_RUNTIME) != (calibration is not None):
+        raise ValueError(f"calibration images go with runtime {INT8_RUNTIME} and only with it")
     text = str(source)
     if is_checkpoint_path(text):
-        return _from_checkpoint(Path(text), runtime)
-    return _from_mlflow(text, runtime)
+        return _from_checkpoint(Path(text), runtime, calibration)
+    return _from_mlflow(text, runtime, calibration)
 
 
 # --------------------------------------------------------------------------- by name or path
@@ -346,8 +356,30 @@ def load_model(source: str, params: Params, root: Path, runtime: str = "torch") 
     folder or an MLflow URI (resolved against the project's store), on ``runtime``."""
     from pspnet.tracking.store import resolve_tracking_uri, setup_mlflow
 
+    from pspnet.model.onnx_export import INT8_RUNTIME
+
     if not is_checkpoint_path(source) and not Path(source).is_dir():
         if source.startswith(STORE_SCHEMES):
             _require_store(resolve_tracking_uri(params.mlflow, root), source)
         setup_mlflow(params.mlflow, root)
-    return load_segmenter(source, runtime)
+    calibration = calibration_images(params, root) if runtime == INT8_RUNTIME else None
+    return load_segmenter(source, runtime, calibration)
+
+
+def calibration_images(params: Params, root: Path) -> list[np.ndarray]:
+    """``evaluate.int8_calibration_images`` images of the prepared train split, evenly spaced,
+    as raw RGB ``(1, 3, H, W)`` float32: what int8 quantisation measures activation ranges on."""
+    from pspnet.data.dataset import SegmentationDataset, load_image
+    from pspnet.layout import Layout
+
+    prepared = Layout(root, params.paths).prepared
+    try:
+        train = SegmentationDataset(prepared, "train", max_image_pixels=params.data.max_image_pixels)
+    except (OSError, PspnetError) as err:
+        raise ConfigError(
+            f"--runtime onnxruntime-int8 calibrates on the prepared train split, which {prepared} does not hold "
+            f"({err}). Run `dvc repro validate` (or `pspnet prepare`) first."
+        ) from None
+    count = min(params.evaluate.int8_calibration_images, len(train))
+    picks = np.linspace(0, len(train) - 1, count).round().astype(int)
+    return [load_image(train.image_paths[i], params.data.max_image_pixels).transpose(2, 0, 1)[None].astype(np.float32) for i in picks]
