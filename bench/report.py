@@ -378,7 +378,8 @@ def _gpu(s: dict[str, Any]) -> list[str]:
     ]
 
 
-RUNTIME_LABELS = {"eager": "PyTorch eager", "torch_export": "torch.export program", "onnxruntime": "ONNX Runtime (fp32)"}
+RUNTIME_LABELS = {"eager": "PyTorch eager", "torch_export": "torch.export program", "onnxruntime": "ONNX Runtime (fp32)",
+                  "onnxruntime_int8": "ONNX Runtime (int8)"}
 
 
 def _runtimes(s: dict[str, Any]) -> list[str]:
@@ -401,7 +402,14 @@ def _runtimes(s: dict[str, Any]) -> list[str]:
             vs = _ratio(r["ratio_vs_eager"][name]) if name in r["ratio_vs_eager"] else "1"
             same = f"{r['class_agreement_vs_eager'][name]:.4%}" if name in r["class_agreement_vs_eager"] else "-"
             out.append(f"| {size} | {label} | {_fig(r['images_per_s'][name], 3)} | {_f(lat['median'], 0)} ({_f(lat['max'], 0)}) | {vs} | {same} |")
-    return out + ["", "Latency max is the slowest of the timed rounds (too few rounds for a p99).", ""]
+    return out + [
+        "",
+        "Latency max is the slowest of the timed rounds (too few rounds for a p99). The int8 graph (static QDQ, "
+        "per-channel weights) is calibrated on random images of a network with random weights, so only its speed "
+        "means something here (its class maps are not expected to equal eager's); its accuracy cost on real data is "
+        "measured by `pspnet evaluate --model M --runtime onnxruntime-int8` (docs/registry.md).",
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +424,7 @@ SECTION_TITLES = {
     "dvc": "5. DVC: no-op `dvc repro` and the pipeline's overhead",
     "memory": "6. Peak training memory on the CPU",
     "gpu": "7. GPU figures (not measured in this run)",
-    "runtimes": "8. Inference runtimes: PyTorch eager, torch.export, ONNX Runtime",
+    "runtimes": "8. Inference runtimes: PyTorch eager, torch.export, ONNX Runtime fp32 and int8",
 }
 RENDERERS = {
     "training": _training,

@@ -1,7 +1,8 @@
 """Inference runtimes side by side: the registered network (raw RGB -> logits, class map by
 argmax) on PyTorch eager, as the ``torch.export`` program ``register`` logs, and as the ONNX
 graph it logs beside it (ONNX Runtime, CPU, its default graph optimisations: BN folding, conv
-fusion), at each size, batch 1, float32, the runtimes interleaved round by round.
+fusion) in float32 and quantised to int8, at each size, batch 1, the runtimes interleaved
+round by round.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import torch
 from bench.timing import Progress, figure, ratio
 from pspnet.config import ModelConfig
 from pspnet.model.export import SegmentationModel
-from pspnet.model.onnx_export import export_onnx, onnx_session, run_onnx
+from pspnet.model.onnx_export import export_onnx, onnx_session, quantize_int8, run_onnx
 from pspnet.model.pspnet import build_model
 from pspnet.registry.packaging import export_program
 
 #: Runtimes in the order of the report; ``eager`` is the one every ratio divides by.
-RUNTIMES = ("eager", "torch_export", "onnxruntime")
+RUNTIMES = ("eager", "torch_export", "onnxruntime", "onnxruntime_int8")
+#: Random images the int8 graph's activation ranges are measured on: the network's weights are
+#: random too, so int8 is timed here; its accuracy cost is measured on real data (docs/registry.md).
+CALIBRATION_IMAGES = 4
 #: Classes of the benchmarked network (ADE20K's 150, as the other sections).
 NUM_CLASSES = 150
 #: (height, width) the exported graphs are traced at: neither benchmarked size.
@@ -43,8 +47,14 @@ def _runners(model: SegmentationModel, work: Path) -> tuple[dict[str, Any], dict
     program = export_program(model, TRACE_SIZE).module()
     export_s = {"torch_export": time.perf_counter() - started}
     started = time.perf_counter()
-    session = onnx_session(export_onnx(model, work / "network.onnx", TRACE_SIZE), threads=torch.get_num_threads())
+    graph = export_onnx(model, work / "network.onnx", TRACE_SIZE)
+    session = onnx_session(graph, threads=torch.get_num_threads())
     export_s["onnxruntime"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    calibration = [rng.integers(0, 256, (1, 3, *TRACE_SIZE)).astype(np.float32) for _ in range(CALIBRATION_IMAGES)]
+    int8 = onnx_session(quantize_int8(graph, work / "network-int8.onnx", calibration), threads=torch.get_num_threads())
+    export_s["onnxruntime_int8"] = time.perf_counter() - started
 
     def torch_runner(net: Any) -> Any:
         def run(images: np.ndarray) -> np.ndarray:
@@ -57,6 +67,7 @@ def _runners(model: SegmentationModel, work: Path) -> tuple[dict[str, Any], dict
         "eager": torch_runner(model),
         "torch_export": torch_runner(program),
         "onnxruntime": lambda images: run_onnx(session, images).argmax(1),
+        "onnxruntime_int8": lambda images: run_onnx(int8, images).argmax(1),
     }
     return runners, export_s
 
