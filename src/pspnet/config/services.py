@@ -1,0 +1,72 @@
+"""Sections ``schedule`` (the Prefect deployment) and ``mlflow`` (the tracking store)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from pspnet.config.base import (
+    NonNegativeInt,
+    StrictModel,
+)
+
+#: Schemes of the MLflow tracking stores ``mlflow.tracking_uri`` may name (a database URI may
+#: add a driver: ``postgresql+psycopg2://``).
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+class ScheduleConfig(StrictModel):
+    """Scheduled retraining: the Prefect deployment served by ``make schedule``."""
+
+    deployment_name: str = "pspnet-retrain"
+    #: Full retraining run (``dvc update`` + ``dvc repro`` + promotion gate). Five fields
+    #: (minute resolution), or six with seconds LAST (Prefect's croniter: ``30 2 * * * 15``
+    #: is 02:30:15).
+    cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+    #: Seconds between new-data checks: a run that goes on only when the data source's hash
+    #: differs from the one in ``dvc.lock`` (0: no data watch).
+    data_check_interval: NonNegativeInt = 900
+    #: A trigger while a run is going: ``cancel_new`` skips it, ``enqueue`` waits for the
+    #: running one. Runs never interleave.
+    collision: Literal["cancel_new", "enqueue"] = "cancel_new"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC or Europe/Berlin") from None
+        return value
+
+
+class MlflowConfig(StrictModel):
+    experiment_name: Annotated[str, Field(min_length=1, max_length=500)] = "pspnet"
+    #: ``null``: a SQLite store + artifact folder at the project root. ``MLFLOW_TRACKING_URI``
+    #: in the environment overrides both.
+    tracking_uri: str | None = None
+    #: Seconds the start-of-run check waits for the tracking store to answer (a server's
+    #: ``/health``, a database's port) before failing the run with the fix.
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    #: Seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU)
+    #: during training; 0 logs none.
+    system_metrics_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition(":")
+        base = scheme.split("+")[0].lower()
+        if not sep or base not in TRACKING_SCHEMES or not rest.strip("/"):
+            raise ValueError(
+                f"{value!r} is not a tracking URI this project can use: expected <scheme>:..., scheme one of "
+                f"{', '.join(TRACKING_SCHEMES)} (e.g. http://127.0.0.1:5000 or sqlite:////abs/path/mlflow.db), or null"
+            )
+        return value
+
