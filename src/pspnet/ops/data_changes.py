@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pspnet.config import Params, flatten
 from pspnet.errors import ConfigError, DataError, PspnetError
 from pspnet.layout import DVC_LOCK_FILE
+from pspnet.ops.dvc_lock import locked_stages
 from pspnet.ops.import_data import RawInput, dvc_file_source, raw_inputs, same_location
 
 #: The stage that reads the raw data and the ``data`` parameters.
@@ -113,22 +113,6 @@ def _short(value: str | None) -> str:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."
-
-
-def _read_lock(root: Path) -> dict[str, Any] | None:
-    """``dvc.lock``'s stages, ``None`` when there is no lock file; a malformed one is named."""
-    path = root / DVC_LOCK_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(
-            f"{path}: cannot be read ({err}). Fix: restore it with `git checkout -- {DVC_LOCK_FILE}`, or delete it "
-            "and run `dvc repro` to rebuild it."
-        ) from None
-    stages = record.get("stages") if isinstance(record, dict) else None
-    return stages if isinstance(stages, dict) else {}
 
 
 def _hash_value(hash_info: Any) -> str | None:
@@ -234,7 +218,7 @@ def data_changes(params: Params, root: str | Path) -> DataChange:
     root = Path(root).resolve()
     if not (root / PIPELINE_FILE).is_file():
         raise ConfigError(f"{root}: no {PIPELINE_FILE} here. Fix: pass the project root (the folder holding {PIPELINE_FILE}).")
-    stages = _read_lock(root)
+    stages = locked_stages(root)
     if stages is None or PREPARE_STAGE not in stages:
         missing = f"no {DVC_LOCK_FILE}" if stages is None else f"{DVC_LOCK_FILE} has no {PREPARE_STAGE!r} entry"
         return DataChange(True, [f"never run: {missing}"])

@@ -36,16 +36,21 @@ def weak_classes(scores: ImageScores, threshold: float) -> list[tuple[str, float
     return sorted([p for p in pairs if p[1] < threshold], key=lambda p: p[1])
 
 
-def _extra_split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
-    """The scores of the splits evaluated beside val (e.g. held-out sequences: new footage)."""
-    if not splits:
-        return []
-    lines = ["", "Other splits (`evaluate.extra_splits`; a held-out split shares no group with training):", "",
-             "| split | images | mIoU | mAcc | allAcc |", "|---|---|---|---|---|"]
+def _split_table(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """One row of scores per split: images, mIoU, mAcc, allAcc."""
+    lines = ["| split | images | mIoU | mAcc | allAcc |", "|---|---|---|---|---|"]
     for name, summary in splits.items():
         lines.append(f"| {name} | {summary.get('num_images')} | {_num(summary.get('miou'))} | "
                      f"{_num(summary.get('macc'))} | {_num(summary.get('allacc'))} |")
     return lines
+
+
+def _extra_split_lines(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The scores of the splits evaluated beside val (e.g. held-out sequences: new footage)."""
+    if not splits:
+        return []
+    return ["", "Other splits (`evaluate.extra_splits`; a held-out split shares no group with training):", "",
+            *_split_table(splits)]
 
 
 def _test_lines(test: dict[str, Any] | None) -> list[str]:
@@ -55,8 +60,7 @@ def _test_lines(test: dict[str, Any] | None) -> list[str]:
     return ["", "## Metrics (test split)", "",
             "Scored apart from val by the `test` stage (`pspnet evaluate --split test`); reported only, never "
             "compared by the promotion gate, which judges val.", "",
-            "| split | images | mIoU | mAcc | allAcc |", "|---|---|---|---|---|",
-            f"| {test.get('split')} | {test.get('num_images')} | {_num(test.get('miou'))} | {_num(test.get('macc'))} | {_num(test.get('allacc'))} |"]
+            *_split_table({str(test.get("split")): test})]
 
 
 def model_card(

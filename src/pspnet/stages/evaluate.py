@@ -163,6 +163,20 @@ def _log_to_run(ref: RunRef, layout: Layout, metrics: dict[str, float], tags: di
         raise PspnetError(f"could not log the evaluation into MLflow run {ref.run_id}: {err}") from None
 
 
+def _open_trained(params: Params, root: Path) -> tuple[Layout, ClassTable, tuple[tuple[str, str], ...], RunRef, Any, Any]:
+    """What scoring the pipeline's checkpoint needs, each part checked before any inference
+    (what can fail cheaply fails first): layout, classes, look-alike pairs, the train run (its
+    store set up), the device and the loaded checkpoint."""
+    layout = Layout(root, params.paths)
+    classes = load_classes(layout.prepared, params.data.ignore_index)
+    pairs = confused_pairs(params.evaluate, classes)
+    ref = RunRef.load(layout.run_ref)
+    setup_mlflow(params.mlflow, root)
+    _check_run(ref, layout)
+    device = resolve_device(params.train.device)
+    return layout, classes, pairs, ref, device, _load_trained(layout, classes)
+
+
 def run(params: Params, root: Path) -> dict[str, Any]:
     """Stage ``evaluate``: score the checkpoint on the val split (and ``evaluate.extra_splits``);
     write metrics and plots; log to MLflow.
@@ -171,18 +185,8 @@ def run(params: Params, root: Path) -> dict[str, Any]:
     "num_images", "run_id", "seconds"}``.
     """
     started = time.perf_counter()
-    root = Path(root)
-    layout = Layout(root, params.paths)
     cfg = params.evaluate
-
-    # Everything that can fail cheaply fails before inference.
-    classes = load_classes(layout.prepared, params.data.ignore_index)
-    pairs = confused_pairs(cfg, classes)
-    ref = RunRef.load(layout.run_ref)
-    setup_mlflow(params.mlflow, root)
-    _check_run(ref, layout)
-    device = resolve_device(params.train.device)
-    ckpt = _load_trained(layout, classes)
+    layout, classes, pairs, ref, device, ckpt = _open_trained(params, Path(root))
 
     # Normalise exactly as the checkpoint's model was trained (its stored config), not as params say now.
     dataset = split_dataset(params, layout.prepared, layout.quarantine, ckpt.model_cfg)
@@ -231,16 +235,8 @@ def evaluate_apart(params: Params, root: Path, split: str, metrics_file: Path, p
     Returns ``{"split", "miou", "miou_absent_as_zero", "macc", "allacc", "num_images", "run_id", "seconds"}``.
     """
     started = time.perf_counter()
-    root = Path(root)
-    layout = Layout(root, params.paths)
     cfg = params.evaluate
-    classes = load_classes(layout.prepared, params.data.ignore_index)
-    pairs = confused_pairs(cfg, classes)
-    ref = RunRef.load(layout.run_ref)
-    setup_mlflow(params.mlflow, root)
-    _check_run(ref, layout)
-    device = resolve_device(params.train.device)
-    ckpt = _load_trained(layout, classes)
+    layout, classes, pairs, ref, device, ckpt = _open_trained(params, Path(root))
 
     version = data_version(layout.prepared)
     dataset = split_dataset(params, layout.prepared, layout.quarantine, ckpt.model_cfg, split)

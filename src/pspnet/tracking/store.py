@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 from pspnet.config import MlflowConfig
 from pspnet.errors import PspnetError
 
-#: MLflow 3's experiment kind: model training opens on the Training runs view, not the GenAI one.
+#: MLflow 3's experiment kind (model training). MLflow's tools read it; the 3.17 UI does not (it
+#: opens on GenAI unless ``?workflowType=machine_learning``, which ``make ui`` prints).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
