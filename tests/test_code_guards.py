@@ -61,7 +61,7 @@ WRITE_ALLOWED: dict[tuple[str, str, str], str] = {
         "RunRef.save writes through atomic_files.write_json",
     ("src/pspnet/train/trainer.py", "Trainer.save_state", "self.store.save("):
         "StateStore.save (train/resume.py) writes through atomic_files.atomic_path",
-    ("src/pspnet/data/convert.py", "_png_bytes", "Image.fromarray(array).save(buffer"):
+    ("src/pspnet/data/convert.py", "png_bytes", "Image.fromarray(array).save(buffer"):
         "encodes into an in-memory buffer; the bytes are written with atomic_files.write_bytes",
     ("src/pspnet/registry/packaging.py", "export_network", "torch.export.save("):
         "writes into the TemporaryDirectory of log_segmentation_model, uploaded to MLflow, never a pipeline output",

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from pspnet.config import EvaluateConfig
-from pspnet.evaluate.inference import INFERENCE_MODES, collate_same_size, make_loader, predict_loader, predict_logits
+from pspnet.evaluate.inference import collate_same_size, make_loader, predict_loader, predict_logits
+from pspnet.evaluate.multiscale import INFERENCE_MODES
 
 
 class StrideNet(nn.Module):

@@ -10,11 +10,9 @@ from torch import nn
 
 from pspnet.config import EvaluateConfig, ModelConfig, parse_params
 from pspnet.errors import ConfigError
-from pspnet.evaluate.inference import (
+from pspnet.evaluate.inference import make_loader, predict_loader, predict_logits
+from pspnet.evaluate.multiscale import (
     INFERENCE_MODES,
-    make_loader,
-    predict_loader,
-    predict_logits,
     returns_logits,
     scaled_size,
     sliding_windows,

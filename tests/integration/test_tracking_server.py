@@ -3,6 +3,8 @@ registers over HTTP; `mlflow models serve` answers the documented request with t
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 from pspnet.model.checkpoint import load_checkpoint
 from pspnet.model.export import SegmentationModel
@@ -154,12 +157,50 @@ def test_mlflow_models_serve_returns_the_class_map_for_an_unseen_size(served: di
         expected = reference(torch.from_numpy(image).permute(0, 3, 1, 2).float()).argmax(1).numpy()
     assert (class_map == expected).mean() > 0.999
 
-    # A malformed request gets a client error, not a crash.
-    bad = urllib.request.Request(f"{served['serve_url']}/invocations", data=json.dumps({"inputs": [[1, 2]]}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(bad, timeout=60)
-    assert 400 <= err.value.code < 500
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _encoded(image: Image.Image, fmt: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_encoded_images_of_mixed_sizes_with_scales_and_flip_over_http(served: dict) -> None:
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in [(53, 77, 3), (40, 64, 3)]]
+    body = {"inputs": [_encoded(Image.fromarray(images[0]), "PNG"), _encoded(Image.fromarray(images[1]), "JPEG")],
+            "params": {"scales": [0.75, 1.0, 1.25], "flip": True}}  # fmt: skip
+    status, answer = _post(served["serve_url"], body)
+    assert status == 200, answer
+    assert [np.asarray(m).shape for m in answer["predictions"]] == [(53, 77), (40, 64)]
+
+
+#: One request of each bad kind over HTTP, and words its 400 must carry.
+BAD_HTTP_REQUESTS = [
+    ({"inputs": [[1, 2]]}, "expected RGB images shaped"),
+    ({"inputs": ["not base64!"]}, "not valid base64"),
+    ({"inputs": [base64.b64encode(b"GIF89a not really").decode()]}, "not a readable PNG / JPEG"),
+    # A 48-megapixel PNG header (1-bit, a few KB): refused before its pixels are decoded.
+    ({"inputs": [_encoded(Image.new("1", (8000, 6000)), "PNG")]}, "over the limit of"),
+    ({"inputs": [[[[0, 0, 0]]]], "params": {"scales": [9.0]}}, "params.scales must hold"),
+    ({"inputs": [[[[0, 0, 0]]]], "params": {"flip": "sideways"}}, "flip"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), BAD_HTTP_REQUESTS, ids=["shape", "base64", "not-an-image", "oversized", "scales", "flip"])
+def test_bad_requests_get_a_400_that_says_why_and_no_stack_trace(served: dict, body: dict, words: str) -> None:
+    status, answer = _post(served["serve_url"], body)
+    assert status == 400 and words in answer["message"], (status, answer)
+    assert "stack_trace" not in answer and "Traceback" not in answer["message"]
 
 
 def test_the_store_check_and_the_promotion_lock_work_over_http(served: dict, caplog: pytest.LogCaptureFixture) -> None:

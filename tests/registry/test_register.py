@@ -224,7 +224,7 @@ def test_a_retry_reuses_the_version_and_the_pyfunc_takes_any_image(project: tupl
             with torch.inference_mode():
                 expected = reference(torch.from_numpy(batch).permute(0, 3, 1, 2).float()).argmax(1).numpy()
             assert (served == expected).mean() > 0.999
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"expected shape \(-1, -1, -1, 3\)"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="expected RGB images shaped"):
         pyfunc.predict(np.zeros((1, 8, 8), np.uint8))
     info = mlflow.models.get_model_info("models:/pspnet@champion")
     assert info.metadata["class_names"] == list(NAMES) and info.metadata["num_classes"] == len(NAMES)

@@ -56,6 +56,9 @@ class RegisterConfig(StrictModel):
     #: Also log the network as an ONNX graph with dynamic batch / height / width (artifact
     #: ``network_onnx``), checked against the checkpoint at ``probe_size`` before registering.
     export_onnx: bool = True
+    #: Runtime of the served model (its MLflow model config; a load can override it):
+    #: ``torch`` (the ``torch.export`` program) or ``onnxruntime`` (needs ``export_onnx``).
+    serving_runtime: Literal["torch", "onnxruntime"] = "torch"
     #: Seconds a registration waits for the promotion lock (another registration against the
     #: same store is reading the champion, gating and moving the alias) before it fails.
     lock_timeout: Annotated[float, Field(gt=0, le=86_400)] = 600.0
@@ -87,5 +90,7 @@ class RegisterConfig(StrictModel):
     def _aliases_differ(self) -> RegisterConfig:
         if self.champion_alias == self.challenger_alias:
             raise ValueError(f"champion_alias and challenger_alias must differ (both {self.champion_alias!r})")
+        if self.serving_runtime == "onnxruntime" and not self.export_onnx:
+            raise ValueError("serving_runtime onnxruntime serves the ONNX graph: set export_onnx: true, or serving_runtime: torch")
         return self
 

@@ -166,7 +166,7 @@ def check_source_files(ref: SampleRef, options: WriteOptions) -> None:
             raise SampleError(path, err.check, err.problem, err.fix) from None
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
+def png_bytes(array: np.ndarray) -> bytes:
     """Encode a uint8 (H, W) or (H, W, 3) array as PNG (mode L or RGB)."""
     buffer = _bytes_io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -231,11 +231,11 @@ def image_bytes(image: ImageData, options: WriteOptions, where: str = "image arr
     """
     if isinstance(image, np.ndarray):
         if image.ndim == 3:
-            return _png_bytes(image), ".png", None
+            return png_bytes(image), ".png", None
         problem = _not_rgb(where, "L", options.non_rgb_images)
         if problem is not None:
             raise problem
-        return _png_bytes(np.repeat(image[..., None], 3, axis=2)), ".png", "L"
+        return png_bytes(np.repeat(image[..., None], 3, axis=2)), ".png", "L"
     data = image.read_bytes()
     try:
         with Image.open(_bytes_io.BytesIO(data)) as img:
@@ -249,10 +249,10 @@ def image_bytes(image: ImageData, options: WriteOptions, where: str = "image arr
             if mode == RGB_MODE:
                 if source_format in COPIED_FORMATS:
                     return data, COPIED_FORMATS[source_format], None
-                return _png_bytes(np.asarray(img)), ".png", None
+                return png_bytes(np.asarray(img)), ".png", None
             if mode in OPAQUE_MODES:
-                return _png_bytes(np.asarray(img.convert(RGB_MODE))), ".png", mode
-            return _png_bytes(_opaque_rgb(np.asarray(img.convert("RGBA")), image, mode)), ".png", mode
+                return png_bytes(np.asarray(img.convert(RGB_MODE))), ".png", mode
+            return png_bytes(_opaque_rgb(np.asarray(img.convert("RGBA")), image, mode)), ".png", mode
     except FileProblem as err:
         raise SampleError(image, err.check, err.problem, err.fix) from None
     except DECODE_ERRORS as err:
@@ -272,7 +272,7 @@ def write_sample(folder: Path, ref: SampleRef, source: str, options: WriteOption
     _check_arrays(ref, image, mask, source)
     where = ref.files[0] if ref.files else f"source {source!r}, sample {ref.id!r}"
     image_data, suffix, converted = image_bytes(image, options, where)
-    mask_data = _png_bytes(mask)
+    mask_data = png_bytes(mask)
     image_rel = f"{IMAGES_DIR}/{ref.id}{suffix}"
     mask_rel = f"{MASKS_DIR}/{ref.id}{MASK_SUFFIX}"
     atomic_files.write_bytes(folder / image_rel, image_data)

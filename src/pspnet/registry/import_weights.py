@@ -141,7 +141,7 @@ def import_weights(
     else:
         run_id = _log_import_run(params, root, source, fmt, dataset, source_sha, conversion)
         log.info("exporting the converted %s for MLflow (torch.export)", cfg.encoder)
-        mv, _ = register_checkpoint(ckpt, run_id, checkpoint_sha, model_name, params.register_,
+        mv, _ = register_checkpoint(ckpt, run_id, checkpoint_sha, model_name, params,
                                     {TAG_SOURCE_SHA: source_sha, TAG_IMPORT: identity})
     version = str(mv.version)
     client.set_registered_model_alias(model_name, alias, version)

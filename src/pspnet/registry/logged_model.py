@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pspnet.config import RegisterConfig
+from pspnet.config import Params
 from pspnet.errors import PspnetError
 from pspnet.registry.tags import TAG_CHECKPOINT_SHA, class_tags
 
@@ -51,7 +51,7 @@ def find_existing_version(client: Any, model_name: str, run_id: str, checkpoint_
 def probe_logged_model(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None:
     """Load the logged model back as a pyfunc (the serving path) and check that it reproduces the
     checkpoint's class map on a random image of ``size`` (neither the export example's size nor
-    its batch)."""
+    its batch), sent as an array and as a PNG."""
     import mlflow.pyfunc
     import torch
 
@@ -60,14 +60,17 @@ def probe_logged_model(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None
     h, w = size
     image = np.random.default_rng(0).integers(0, 256, size=(1, h, w, 3), dtype=np.uint8)
     try:
-        served = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(image))
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+        served = np.asarray(pyfunc.predict(image))
+        encoded = np.asarray(pyfunc.predict([png_base64(image[0])]))
     except Exception as err:  # noqa: BLE001 - any failure means the artefact is unusable
         raise PspnetError(
             f"the logged model {model_uri} rejects a (1, {h}, {w}, 3) image: {type(err).__name__}: "
             f"{str(err)[:ERROR_PREVIEW_CHARS]}. Its input shapes were probably frozen at export."
         ) from None
-    if served.shape != (1, h, w):
-        raise PspnetError(f"the logged model maps a (1, {h}, {w}, 3) image to {served.shape}, expected (1, {h}, {w}).")
+    if served.shape != (1, h, w) or not np.array_equal(served, encoded):
+        raise PspnetError(f"the logged model maps a (1, {h}, {w}, 3) image to {served.shape}, expected (1, {h}, {w}), "
+                          "the same for the image sent as a PNG.")  # fmt: skip
     cfg = ckpt.model_cfg
     reference = SegmentationModel(ckpt.model, cfg.input_mean, cfg.input_std)
     with torch.inference_mode():
@@ -80,18 +83,28 @@ def probe_logged_model(model_uri: str, ckpt: Any, size: tuple[int, int]) -> None
         )
 
 
+def png_base64(image: np.ndarray) -> str:
+    """``image`` (uint8 RGB ``(H, W, 3)``) as the base64 PNG a served request may carry."""
+    import base64
+
+    from pspnet.data.convert import png_bytes
+
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
 def register_checkpoint(
-    ckpt: Any, run_id: str, checkpoint_sha: str, model_name: str, cfg: RegisterConfig, extra_tags: dict[str, str] | None = None
+    ckpt: Any, run_id: str, checkpoint_sha: str, model_name: str, params: Params, extra_tags: dict[str, str] | None = None
 ) -> tuple[Any, str]:
     """Log ``ckpt`` into run ``run_id``, probe it and register it as a new version of
     ``model_name`` tagged with its checkpoint SHA-256, ``extra_tags`` and its classes; returns
     ``(model version, logged model URI)``."""
     import mlflow
 
-    from pspnet.registry.packaging import log_segmentation_model
+    from pspnet.registry.packaging import ServingSpec, log_segmentation_model
 
+    cfg = params.register_
     onnx_probe = cfg.probe_size if cfg.export_onnx else None
-    info = log_segmentation_model(ckpt, run_id, checkpoint_sha, cfg.export_example_size, onnx_probe)
+    info = log_segmentation_model(ckpt, run_id, checkpoint_sha, cfg.export_example_size, onnx_probe, ServingSpec.from_params(params))
     probe_logged_model(info.model_uri, ckpt, cfg.probe_size)
     tags = {TAG_CHECKPOINT_SHA: checkpoint_sha, **(extra_tags or {}), **class_tags(ckpt)}
     # Creates the registered model on first use (and tolerates a concurrent creation).

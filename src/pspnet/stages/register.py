@@ -109,7 +109,7 @@ def _challenger(client: Any, params: Params, ckpt: Any, run_id: str, checkpoint_
         log.info("reusing version %s of %s (same run and checkpoint)", mv.version, cfg.model_name)
         logged_model_uri = mv.source
     else:
-        mv, logged_model_uri = register_checkpoint(ckpt, run_id, checkpoint_sha, cfg.model_name, cfg)
+        mv, logged_model_uri = register_checkpoint(ckpt, run_id, checkpoint_sha, cfg.model_name, params)
     version = str(mv.version)
     set_alias(client, cfg.model_name, cfg.challenger_alias, version)
     return version, logged_model_uri
