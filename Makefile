@@ -101,13 +101,17 @@ test-all: install  ## every test, the `slow` ones (benchmarks, torch.compile on 
 # channels_last / compile, images/s, peak memory, MFU; about 15 min) into $(GPU_REPORT), which
 # the report's GPU section shows.
 GPU_REPORT ?= docs/results/gpu-h100.json
+# Where CUDA is present `make bench` also measures GPU inference (bench/gpu_inference.py) into this.
+GPU_INFERENCE_REPORT ?= docs/results/gpu-h200-inference.json
 HAS_CUDA = python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
 
-bench: install  ## benchmarks with ratios against peers -> docs/benchmarks.md + .json (about 17 min on 2 CPU cores; BENCH_ARGS="--quick" / "--only training,inference"; GPU figures first where CUDA is present)
+bench: install  ## benchmarks with ratios against peers -> docs/benchmarks.md + .json (about 22 min on 2 CPU cores; BENCH_ARGS="--quick" / "--only training,inference"; GPU figures first where CUDA is present)
 	@if $(HAS_CUDA); then \
 	  python bench/gpu_train.py --phase eager --out .bench-gpu-eager.json && \
 	  python bench/gpu_train.py --phase compile --variants bf16+cl+compile --batches 16 8 --out .bench-gpu-compile.json && \
-	  python bench/gpu_train.py --render .bench-gpu-eager.json .bench-gpu-compile.json --merged $(GPU_REPORT) --markdown $(GPU_REPORT:.json=.md); \
+	  python bench/gpu_train.py --render .bench-gpu-eager.json .bench-gpu-compile.json --merged $(GPU_REPORT) --markdown $(GPU_REPORT:.json=.md) && \
+	  python bench/gpu_inference.py --out $(GPU_INFERENCE_REPORT) && \
+	  python bench/gpu_inference.py --render $(GPU_INFERENCE_REPORT) --markdown $(GPU_INFERENCE_REPORT:.json=.md); \
 	fi
 	python -m bench $(BENCH_ARGS)
 

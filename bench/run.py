@@ -9,7 +9,8 @@ Sections (``--only`` takes a comma-separated subset):
 - ``dvc``: full and no-op ``dvc repro``, pipeline overhead;
 - ``memory``: peak training memory per batch size, crop and gradient checkpointing;
 - ``gpu``: the GPU figures of docs/results/gpu-h100.json (measured by bench/gpu_train.py);
-- ``runtimes``: the registered network on PyTorch eager, torch.export and ONNX Runtime at 360x480 and 713x713.
+- ``runtimes``: the registered network on PyTorch eager, torch.export and ONNX Runtime at 360x480 and 713x713;
+- ``serving``: ``mlflow models serve`` of the registered layout under 1, 4 and 16 concurrent clients.
 
 Every figure is the median of repeated runs, with a ratio against a peer measured in the same
 run. ``--quick`` runs every section at toy sizes (a smoke test, seconds, not figures to quote).
@@ -38,12 +39,12 @@ from bench import report  # noqa: E402
 from bench.timing import Progress, clock, git_state, load_average, machine, versions  # noqa: E402
 from pspnet import atomic_files
 
-SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", "gpu", "runtimes")
+SECTIONS = ("training", "inference", "pipeline", "validation", "dvc", "memory", "gpu", "runtimes", "serving")
 #: The paper's test scales (also ``bench.models.PAPER_SCALES``; repeated here so that loading
 #: the settings does not import torch).
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
-#: What ``make bench`` measures. Budget on a 2-core CPU: about 17 minutes in all (runtimes: 5).
+#: What ``make bench`` measures. Budget on a 2-core CPU: about 22 minutes in all (runtimes: 5, serving: 5).
 FULL: dict[str, dict[str, Any]] = {
     "training": {"crop": 473, "batch": 2, "precisions": ["auto", "fp32"], "channels_last": ["auto"], "warmup_steps": 1,
                  "timed_steps": 3},  # fmt: skip
@@ -59,6 +60,8 @@ FULL: dict[str, dict[str, Any]] = {
     ]},  # fmt: skip
     "gpu": {"json": "docs/results/gpu-h100.json", "markdown": "docs/results/gpu-h100.md"},
     "runtimes": {"encoder": "resnet50", "stem": "deep", "sizes": [[360, 480], [713, 713]], "warmup_runs": 1, "timed_runs": 4},
+    "serving": {"encoder": "resnet50", "stem": "deep", "size": [360, 480], "runtimes": ["torch", "onnxruntime"],
+                "clients": [1, 4, 16], "requests": 24, "max_seconds": 90, "warmup_requests": 2},
 }
 #: ``--quick``: the same code paths at toy sizes (for the test and a smoke run).
 QUICK: dict[str, dict[str, Any]] = {
@@ -71,12 +74,14 @@ QUICK: dict[str, dict[str, Any]] = {
     "memory": {"precision": "fp32", "configs": [["pspnet", 65, 2, False], ["pspnet", 65, 2, True], ["deeplabv3", 65, 2, False]]},
     "gpu": FULL["gpu"],
     "runtimes": {"encoder": "resnet18", "stem": "auto", "sizes": [[40, 56], [45, 61]], "warmup_runs": 0, "timed_runs": 2},
+    "serving": {"encoder": "resnet18", "stem": "auto", "size": [40, 56], "runtimes": ["torch", "onnxruntime"],
+                "clients": [1, 4], "requests": 4, "max_seconds": 30, "warmup_requests": 1},
 }
 #: A-priori seconds of each section on a 2-core CPU (for the ETA only).
 ESTIMATES_S = {"training": 190, "inference": 70, "pipeline": 35, "validation": 85, "dvc": 85, "memory": 110, "gpu": 1,
-               "runtimes": 300}  # fmt: skip
+               "runtimes": 300, "serving": 300}  # fmt: skip
 QUICK_ESTIMATES_S = {"training": 10, "inference": 8, "pipeline": 6, "validation": 10, "dvc": 10, "memory": 12, "gpu": 1,
-                     "runtimes": 25}  # fmt: skip
+                     "runtimes": 25, "serving": 60}  # fmt: skip
 #: Bytecode cache of the measured subprocesses: outside the venv, kept between runs.
 PYCACHE_DIR = Path(tempfile.gettempdir()) / "pspnet-bench-pycache"
 
@@ -113,6 +118,10 @@ def run_section(name: str, settings: dict[str, Any], progress: Progress, work: P
         from bench.runtimes import runtimes
 
         return runtimes(settings, progress)
+    if name == "serving":
+        from bench.serving import serving
+
+        return serving(settings, progress, work)
     raise ValueError(name)
 
 

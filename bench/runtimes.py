@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.timing import Progress, figure, ratio
+from bench.timing import Progress, figure, latency_figure, ratio
 from pspnet.config import ModelConfig
-from pspnet.model.export import SegmentationModel
+from pspnet.model.export import SegmentationModel, export_program
 from pspnet.model.onnx_export import export_onnx, onnx_session, quantize_int8, run_onnx
 from pspnet.model.pspnet import build_model
-from pspnet.registry.packaging import export_program
 
 #: Runtimes in the order of the report; ``eager`` is the one every ratio divides by.
 RUNTIMES = ("eager", "torch_export", "onnxruntime", "onnxruntime_int8")
@@ -99,7 +98,7 @@ def runtimes(settings: dict[str, Any], progress: Progress) -> dict[str, Any]:
             rates = {name: figure([1 / t for t in times[name]], "images/s") for name in RUNTIMES}
             out["sizes"][f"{h}x{w}"] = {
                 "images_per_s": rates,
-                "latency_ms": {name: figure([t * 1000 for t in times[name]], "ms") for name in RUNTIMES},
+                "latency_ms": {name: latency_figure([t * 1000 for t in times[name]]) for name in RUNTIMES},
                 "ratio_vs_eager": {name: ratio(rates[name], rates["eager"], paired=True) for name in RUNTIMES[1:]},
                 "class_agreement_vs_eager": {name: float((maps[name] == maps["eager"]).mean()) for name in RUNTIMES[1:]},
             }

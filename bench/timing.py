@@ -74,6 +74,20 @@ def figure(values: Sequence[float], unit: str) -> dict[str, Any]:
     }
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between the sorted values (p99 of few runs ~ the max)."""
+    ordered = sorted(float(v) for v in values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_figure(milliseconds: Sequence[float]) -> dict[str, Any]:
+    """:func:`figure` of latencies in ms, with their p50 and p99."""
+    return {**figure(milliseconds, "ms"), "p50": percentile(milliseconds, 50), "p99": percentile(milliseconds, 99)}
+
+
 def rate_figure(seconds: Sequence[float], items: float, unit: str) -> dict[str, Any]:
     """``items`` per second for each run of ``seconds`` (the median of the rates)."""
     return figure([items / s for s in seconds], unit)

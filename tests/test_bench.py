@@ -126,6 +126,20 @@ def test_runtimes_section_compares_onnx_runtime_and_torch_export_with_eager(quic
         agreement = size["class_agreement_vs_eager"]
         assert agreement["torch_export"] >= 0.999 and agreement["onnxruntime"] >= 0.999  # the same model in fp32
     assert "ONNX Runtime (fp32)" in markdown
+    assert all(lat["p99"] >= lat["p50"] > 0 for size in section["sizes"].values() for lat in size["latency_ms"].values())
+
+
+def test_serving_section_loads_the_real_endpoint_of_each_runtime_without_errors(quick_run: tuple[dict, str]) -> None:
+    data, markdown = quick_run
+    section = data["sections"]["serving"]
+    settings = QUICK["serving"]
+    assert set(section["runtimes"]) == set(settings["runtimes"])
+    for levels in section["runtimes"].values():
+        assert [level["clients"] for level in levels] == settings["clients"]
+        for level in levels:
+            assert level["errors"] == 0 and level["replies"] == level["requests"] >= level["clients"]
+            assert level["replies_per_s"] > 0 and level["latency_ms"]["p99"] >= level["latency_ms"]["p50"] > 0
+    assert "9. The served endpoint under concurrent load" in markdown
 
 
 def test_only_runs_the_chosen_sections(tmp_path: Path) -> None:

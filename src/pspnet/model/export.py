@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pspnet.model.normalize import normalize, pixel_stats
+from pspnet.errors import PspnetError
+from pspnet.model.normalize import PIXEL_SCALE, normalize, pixel_stats
 
 #: Names of the normalisation buffers (RGB statistics in 0..255 units); ``torch.export`` keeps
 #: them, and :mod:`pspnet.registry.segmenter` reads them back from a registered program.
@@ -53,3 +54,21 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` RGB in 0..255 -> logits ``(N, C, H, W)``."""
         return self.net(normalize(x, self.mean, self.std))
+
+
+#: Batch of the example the network is traced with: torch.export specialises a size-1
+#: dimension, which would freeze the batch size.
+EXPORT_BATCH = 2
+
+
+def export_program(wrapped: torch.nn.Module, example_size: tuple[int, int]) -> torch.export.ExportedProgram:
+    """``wrapped`` (raw RGB -> logits) as a ``torch.export`` program with dynamic batch, height
+    and width, traced at ``example_size`` (h, w)."""
+    h, w = example_size
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randint(0, int(PIXEL_SCALE) + 1, (EXPORT_BATCH, 3, h, w), generator=generator).float()
+    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    try:
+        return torch.export.export(wrapped, (example,), dynamic_shapes=(dynamic,))
+    except Exception as err:  # noqa: BLE001 - torch.export raises many types; all mean "not exportable"
+        raise PspnetError(f"torch.export could not trace the model at {h}x{w}: {type(err).__name__}: {err}") from err

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pspnet import atomic_files
+from pspnet.model.export import EXPORT_BATCH
 from pspnet.model.ppm import with_exact_pooling
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,6 @@ OUTPUT_NAME = "logits"
 #: Smallest side the graph accepts: the encoder downsamples by 8, and a side below that
 #: leaves no feature map to pool.
 MIN_SIDE = 16
-#: Batch of the traced example: a size-1 dimension would be specialised, freezing the batch.
-EXPORT_BATCH = 2
 #: Runtimes a loaded model can run on (``pspnet predict / evaluate --runtime``); ``-int8``: the
 #: graph statically quantised (:func:`quantize_int8`).
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-int8")

@@ -24,6 +24,7 @@ from pspnet.config import DEFAULT_MAX_IMAGE_PIXELS, EvaluateConfig, Params
 from pspnet.errors import PspnetError
 from pspnet.evaluate import multiscale
 from pspnet.model.checkpoint import LoadedCheckpoint
+from pspnet.model.export import export_program
 from pspnet.model.normalize import to_pixel_units
 from pspnet.registry import serving_model
 
@@ -33,9 +34,6 @@ SERVING_MODEL_FILE = Path(serving_model.__file__)
 TEST_TIME_CODE_FILE = Path(multiscale.__file__)
 #: Name of the model inside the run (MLflow 3 "logged model" name).
 LOGGED_MODEL_NAME = "model"
-#: Batch of the example the network is traced with: torch.export specialises a size-1
-#: dimension, which would freeze the batch size.
-EXPORT_BATCH = 2
 #: Side (pixels) of the tiny request stored as the model's input example.
 EXAMPLE_SIDE = 16
 #: Metadata key telling the loader which artefact layout this version uses.
@@ -66,19 +64,6 @@ def test_time_settings(cfg: EvaluateConfig) -> dict[str, Any]:
     """The protocol settings a served request does not choose (it chooses scales and flip)."""
     return {"mode": cfg.mode, "batch_size": cfg.batch_size, "crop_size": list(cfg.crop_size),
             "stride_rate": cfg.stride_rate, "base_size": cfg.base_size}  # fmt: skip
-
-
-def export_program(wrapped: torch.nn.Module, example_size: tuple[int, int]) -> torch.export.ExportedProgram:
-    """``wrapped`` (raw RGB -> logits) as a ``torch.export`` program with dynamic batch, height
-    and width, traced at ``example_size`` (h, w)."""
-    h, w = example_size
-    generator = torch.Generator().manual_seed(0)
-    example = torch.randint(0, serving_model.MAX_PIXEL_VALUE + 1, (EXPORT_BATCH, 3, h, w), generator=generator).float()
-    dynamic = {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
-    try:
-        return torch.export.export(wrapped, (example,), dynamic_shapes=(dynamic,))
-    except Exception as err:  # noqa: BLE001 - torch.export raises many types; all mean "not exportable"
-        raise PspnetError(f"torch.export could not trace the model at {h}x{w}: {type(err).__name__}: {err}") from err
 
 
 def export_network(ckpt: LoadedCheckpoint, example_size: tuple[int, int], path: Path) -> None:
