@@ -130,6 +130,7 @@ BAD_REQUESTS = {
     "flat list": (np.array([1, 2, 3]), None, "expected RGB images shaped"),
     "out of range": (np.full((1, 20, 20, 3), 300), None, "must lie in 0..255"),
     "mixed list": (np.array(["abc", 1], dtype=object), None, "only base64 strings"),
+    "ragged arrays": ([np.zeros((20, 20, 3)).tolist(), np.zeros((30, 20, 3)).tolist()], None, "must share one size"),
     "scale too large": (np.zeros((1, 20, 20, 3), np.uint8), {"scales": [1.0, 5.0]}, "params.scales must hold"),
 }
 

@@ -183,7 +183,11 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
     def _images(self, model_input: Any) -> list[np.ndarray]:
         """The request's images: a float32 ``(N, H, W, 3)`` batch as one entry, or one
         ``(1, H, W, 3)`` entry per encoded image."""
-        array = np.asarray(model_input) if not hasattr(model_input, "to_numpy") else model_input.to_numpy().ravel()
+        try:
+            array = np.asarray(model_input) if not hasattr(model_input, "to_numpy") else model_input.to_numpy().ravel()
+        except ValueError:  # a ragged nested list
+            raise bad_request("the images of an array request must share one size; send images of differing "
+                              "sizes as a list of base64 PNG / JPEG strings") from None  # fmt: skip
         if array.dtype.kind in "UO" and array.ndim == 1:
             if not all(isinstance(item, str) for item in array):
                 raise bad_request("a list of images must hold only base64 strings")
