@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,13 +15,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -81,14 +84,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     base = tmp_path_factory.mktemp("tracking-server")
     port = free_port()
     server_env = tool_env(base)
-    server = start(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{base}/server.db",
-         "--artifacts-destination", str(base / "artifacts"), "--host", HOST, "--port", str(port), "--workers", "1"],
-        server_env, base / "server.log",
-    )
-    processes = [server]
+    server_cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{base}/server.db",
+                  "--artifacts-destination", str(base / "artifacts"), "--host", HOST, "--port", str(port), "--workers", "1"]  # fmt: skip
+    processes = [start(server_cmd, server_env, base / "server.log")]
+
+    def start_server() -> None:
+        """The same server again (same port, store and artifacts), as after a restart."""
+        processes[0] = start(server_cmd, server_env, base / "server.log")
+        wait_http(f"http://{HOST}:{port}/health", processes[0], base / "server.log")
+
     try:
-        wait_http(f"http://{HOST}:{port}/health", server, base / "server.log")
+        wait_http(f"http://{HOST}:{port}/health", processes[0], base / "server.log")
         uri = f"http://{HOST}:{port}"
         project = make_tiny_project(base / "project")
         env = {**tool_env(project), "MLFLOW_TRACKING_URI": uri}
@@ -105,7 +111,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         )
         processes.append(serve)
         wait_http(f"http://{HOST}:{serve_port}/ping", serve, base / "serve.log")
-        yield {"uri": uri, "project": project, "serve_url": f"http://{HOST}:{serve_port}", "base": base}
+        yield {"uri": uri, "project": project, "serve_url": f"http://{HOST}:{serve_port}", "base": base,
+               "kill_server": lambda: os.killpg(processes[0].pid, signal.SIGKILL), "start_server": start_server}  # fmt: skip
     finally:
         for proc in reversed(processes):
             stop(proc)
@@ -214,3 +221,65 @@ def test_the_store_check_and_the_promotion_lock_work_over_http(served: dict, cap
     client = MlflowClient(tracking_uri=served["uri"], registry_uri=served["uri"])
     check_lease_rules(client, caplog)
     assert [m.name for m in client.search_registered_models()] == ["pspnet"]
+
+
+#: Epochs of the outage test's training: enough that some run while the server is away.
+OUTAGE_EPOCHS = 24
+#: Epochs that must finish while the server is away (training goes on).
+EPOCHS_DURING_OUTAGE = 2
+OUTAGE_TIMEOUT = 300
+
+
+def _epochs_done(log: Path) -> int:
+    return len(re.findall(r"epoch \d+/\d+: loss", log.read_text(errors="replace"))) if log.exists() else 0
+
+
+def _poll(check: Callable[[], Any], timeout: float, what: str, log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s. Log:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def test_training_goes_on_through_a_tracking_server_restart_and_logs_every_metric_once(served: dict, tmp_path: Path) -> None:
+    """Last in this module: the server is killed mid-training and started again on the same store."""
+    project, client = served["project"], MlflowClient(tracking_uri=served["uri"])
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = OUTAGE_EPOCHS
+    params["mlflow"].update(metrics_retry_seconds=0.5, system_metrics_interval=0)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    # No MLflow client retries: a send to the dead server fails at once (the buffer retries).
+    env = {**tool_env(project), "MLFLOW_TRACKING_URI": served["uri"], "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}  # fmt: skip
+    before = {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("pspnet").experiment_id])}
+    log = tmp_path / "train.log"
+    with log.open("w") as out:
+        training = subprocess.Popen([sys.executable, "-m", "pspnet", "train", "--params", str(params_file), "--root", str(project)],
+                                    cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        def new_run_with_a_loss() -> str | None:
+            runs = client.search_runs([client.get_experiment_by_name("pspnet").experiment_id])
+            fresh = [r for r in runs if r.info.run_id not in before and "train_loss" in r.data.metrics]
+            return fresh[0].info.run_id if fresh else None
+
+        run_id = _poll(new_run_with_a_loss, OUTAGE_TIMEOUT, "first epoch's metrics on the server", log)
+        served["kill_server"]()
+        at_kill = _epochs_done(log)
+        assert at_kill < OUTAGE_EPOCHS - EPOCHS_DURING_OUTAGE, "training ended before the server went away"
+        _poll(lambda: _epochs_done(log) >= at_kill + EPOCHS_DURING_OUTAGE, OUTAGE_TIMEOUT, "epochs while the server is away", log)
+        served["start_server"]()
+        assert training.wait(timeout=OUTAGE_TIMEOUT) == 0, log.read_text()[-3000:]
+    finally:
+        if training.poll() is None:
+            training.kill()
+    text = log.read_text()
+    assert "does not take metrics" in text and "answers again" in text
+    # Every epoch's and every step's metrics, once each: no gap, no duplicate point.
+    epochs = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(epochs) == list(range(1, OUTAGE_EPOCHS + 1))
+    steps = [m.step for m in client.get_metric_history(run_id, "step_loss")]
+    assert len(steps) == len(set(steps)) and sorted(steps) == list(range(1, max(steps) + 1))
+    assert client.get_run(run_id).info.status == "FINISHED" and "final_loss" in client.get_run(run_id).data.metrics

@@ -55,6 +55,11 @@ class MlflowConfig(StrictModel):
     #: Seconds between samples of MLflow's system metrics (CPU, memory, disk, network, GPU)
     #: during training; 0 logs none.
     system_metrics_interval: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    #: Training metrics go through a queue (:mod:`pspnet.tracking.metrics_buffer`): seconds
+    #: between resends while the tracking store does not take them ...
+    metrics_retry_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    #: ... and seconds the end of training waits for the store to take the rest before failing.
+    outage_wait: Annotated[float, Field(gt=0, le=86_400)] = 900.0
 
     @field_validator("tracking_uri")
     @classmethod

@@ -30,6 +30,7 @@ from pspnet.layout import CHECKPOINT_FILE, Layout
 from pspnet.model.checkpoint import save_checkpoint
 from pspnet.ops.dvc_lock import locked_out_md5
 from pspnet.tracking.datasets import log_dataset_input, prepared_dataset
+from pspnet.tracking.metrics_buffer import MetricsBuffer
 from pspnet.tracking.runs import RunRef, dataset_tags, run_label, run_name, run_tags, unique_run_name
 from pspnet.tracking.store import setup_mlflow
 from pspnet.train.curve import CurvePoint, curve_csv
@@ -91,30 +92,27 @@ def _run_under_torchrun(params: Params, root: Path) -> dict[str, Any]:
 
 
 class MlflowEvents:
-    """The trainer's reports (:class:`pspnet.train.trainer.TrainingEvents`) as metrics of the active run."""
+    """The trainer's reports (:class:`pspnet.train.trainer.TrainingEvents`) as metrics of the
+    run, through a :class:`~pspnet.tracking.metrics_buffer.MetricsBuffer` (training never waits
+    on the tracking server, and an outage loses nothing)."""
+
+    def __init__(self, metrics: MetricsBuffer) -> None:
+        self.metrics = metrics
 
     def first_step(self, seconds: float, global_step: int) -> None:
-        import mlflow
-
-        mlflow.log_metric("first_step_seconds", seconds, step=global_step)
+        self.metrics.log({"first_step_seconds": seconds}, global_step)
 
     def steps_logged(self, mean_loss: float, lr: float, global_step: int) -> None:
-        import mlflow
-
-        mlflow.log_metrics({"step_loss": mean_loss, "step_lr": lr}, step=global_step)
+        self.metrics.log({"step_loss": mean_loss, "step_lr": lr}, global_step)
 
     def epoch_end(self, stats: EpochStats) -> None:
-        import mlflow
-
-        mlflow.log_metrics(
+        self.metrics.log(
             {"train_loss": stats.loss, "lr": stats.lr, "epoch_seconds": stats.seconds, "images_per_second": stats.images_per_second},
-            step=stats.epoch,
+            stats.epoch,
         )
 
     def curve_point(self, point: CurvePoint) -> None:
-        import mlflow
-
-        mlflow.log_metrics({f"curve_{split}_miou": miou for split, miou in point.miou.items()}, step=point.epoch)
+        self.metrics.log({f"curve_{split}_miou": miou for split, miou in point.miou.items()}, point.epoch)
 
 
 def _open_run(run_id: str | None, experiment_id: str, tags: dict[str, str], name: str, system_metrics_interval: float) -> Any:
@@ -193,16 +191,21 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
             _log_params_once(run_id, trainer.resolved_settings())
             if trainer.resumes:
                 mlflow.set_tag("resumed_from_steps", ",".join(map(str, trainer.resumes)))
+        cfg = params.mlflow
+        metrics = MetricsBuffer(run_id, cfg.metrics_retry_seconds, cfg.outage_wait) if ctx.is_main else None
         try:
-            history = trainer.fit(MlflowEvents(), stop, run_id)
+            history = trainer.fit(MlflowEvents(metrics), stop, run_id)
         except TrainingInterrupted:
-            if ctx.is_main:
+            if metrics is not None:
+                metrics.close()
                 mlflow.end_run(status="KILLED")
             raise
-        if not ctx.is_main:  # rank 0 writes the outputs and closes the run
+        if metrics is None:  # rank 0 writes the outputs and closes the run
             return {"rank": ctx.rank, "final_loss": history[-1].loss, "steps": trainer.step}
         summary = trainer.summary()
-        _write_outputs(layout, trainer, classes, summary, run_id)
+        _save_outputs(layout, trainer, classes, summary, run_id)
+        metrics.close()
+        _log_outputs(layout, trainer, summary)
         ref = RunRef(run_id=run_id, experiment_id=experiment_id, tracking_uri=mlflow.get_tracking_uri())
         ref.save(layout.run_ref)
     trainer.clear_states()
@@ -214,10 +217,8 @@ def _train(params: Params, root: Path, ctx: Distributed, device: torch.device, e
     }
 
 
-def _write_outputs(layout: Layout, trainer: Trainer, classes: ClassTable, summary: dict[str, Any], run_id: str) -> None:
-    """Checkpoint, history and summary, each atomically, then the same files and final metrics in MLflow."""
-    import mlflow
-
+def _save_outputs(layout: Layout, trainer: Trainer, classes: ClassTable, summary: dict[str, Any], run_id: str) -> None:
+    """Checkpoint, history, curve and summary, each atomically."""
     meta = {
         "class_names": list(classes.names),
         "class_colors": [list(c) for c in classes.colors],
@@ -232,6 +233,12 @@ def _write_outputs(layout: Layout, trainer: Trainer, classes: ClassTable, summar
     atomic_files.write_text(layout.train_history, history_csv(trainer.history))
     atomic_files.write_text(layout.train_curve, curve_csv(trainer.curve))
     atomic_files.write_json(layout.train_metrics, summary)
+
+
+def _log_outputs(layout: Layout, trainer: Trainer, summary: dict[str, Any]) -> None:
+    """The saved outputs and the final metrics in MLflow."""
+    import mlflow
+
     mlflow.log_metrics({"final_loss": summary["final_loss"], "train_seconds": trainer.training_seconds})
     mlflow.log_artifact(str(layout.checkpoint), artifact_path="checkpoint")
     mlflow.log_artifact(str(layout.train_metrics), artifact_path="metrics")
