@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 
 from pspnet.config import Params, parse_params
 from pspnet.ops.import_data import import_data, raw_inputs, resolve_input
-from pspnet.errors import DataError
+from pspnet.errors import PERMANENT_EXIT_CODES, DataError, PspnetError
 from tests.integration.conftest import run
 
 
@@ -125,12 +126,27 @@ def test_a_fresh_clone_pulls_the_tracked_raw_data_from_the_dvc_remote(tmp_path: 
     assert again["action"] == "dvc pull" and again["version"] == first["version"] and not again["changed"]
     assert (root / "data/raw/mine/images/train/a.png").read_text() == "a"
 
-    # Without the remote's copy it says what to do.
+    # A remote that answers but lacks the copy: a data error (no retry helps), saying what to do.
     shutil.rmtree(root / "data/raw/mine")
     shutil.rmtree(root / ".dvc/cache")
     shutil.rmtree(tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
     with pytest.raises(DataError, match=r"data/raw/mine\.dvc: its data is neither in the local DVC cache nor on a DVC remote"):
         import_data(params, root)
+
+    # A remote that cannot be reached (a share not mounted, a server that refuses): a transient
+    # error (the flow retries it) naming the remote and why; nothing is changed.
+    (tmp_path / "remote").rmdir()
+    with pytest.raises(PspnetError, match=r"remote 'store' \(.*remote\) is unreachable: its folder .* does not exist") as err:
+        import_data(params, root)
+    assert not isinstance(err.value, DataError) and err.value.exit_code not in PERMANENT_EXIT_CODES
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    run(["dvc", "remote", "modify", "store", "url", f"http://127.0.0.1:{closed_port}/store"], root)
+    with pytest.raises(PspnetError, match=rf"unreachable: cannot connect to 127\.0\.0\.1:{closed_port} \(Connection refused\)"):
+        import_data(params, root)
+    assert not (root / "data/raw/mine").exists() and (root / "data/raw/mine.dvc").is_file()
 
 
 def _cached_bytes(root: Path) -> list[bytes]:

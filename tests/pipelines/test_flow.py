@@ -95,3 +95,66 @@ def test_flow_stops_on_a_data_error_with_its_exit_code(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
     assert "stage 'validate' failed (stage exit code 3" in result.stderr
     assert not (project / "models" / "checkpoint.pt").exists()
+
+
+def _file_digests(root: Path) -> dict[str, str]:
+    """Every file of the project but the tracking store's and DVC's / Prefect's scratch, by content."""
+    import hashlib
+
+    skip = ("mlflow.db", "mlartifacts", ".dvc/tmp", ".prefect", ".git/")
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(str(p.relative_to(root)).startswith(s) for s in skip)
+    }
+
+
+def test_an_unreachable_dvc_remote_fails_the_run_after_its_retries_and_changes_nothing(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled run on a machine whose raw data must come from the DVC remote, the remote's
+    share gone: import-data is tried three times (the retries), the run fails naming the remote,
+    no stage runs, the files and the champion stay as they were."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import pspnet.ops.import_data
+    from pspnet.errors import DataError, PspnetError
+
+    project = make_tiny_project(tmp_path / "project", {"data": {"source": {"name": "folder", "location": "data/raw/mine"}}})
+    (project / "data/raw/mine/images/train").mkdir(parents=True)
+    (project / "data/raw/mine/images/train/a.png").write_bytes(b"not really a png")
+    remote = tmp_path / "share" / "dvc-remote"
+    run(["dvc", "remote", "add", "-d", "store", str(remote)], project)
+    run(["dvc", "add", "-q", "data/raw/mine"], project)
+    run(["dvc", "push", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "raw data on the remote"], project)
+    # The machine the schedule runs on: a checkout with no data and an empty cache; the share is gone.
+    import shutil
+
+    shutil.rmtree(project / "data/raw/mine")
+    shutil.rmtree(project / ".dvc/cache")
+    (tmp_path / "share").rename(tmp_path / "share-unmounted")
+    # A champion in the project's store (what the run must not move).
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient()
+    client.create_registered_model("pspnet")
+    champion = client.create_model_version("pspnet", source=str(tmp_path), run_id=None)
+    client.set_registered_model_alias("pspnet", "champion", champion.version)
+    before = _file_digests(project)
+
+    attempts: list[str] = []
+    real_import = pspnet.ops.import_data.import_data
+    monkeypatch.setattr(pspnet.ops.import_data, "import_data", lambda *a, **k: attempts.append("import") or real_import(*a, **k))
+    monkeypatch.setattr(training, "import_data_task", training.import_data_task.with_options(retry_delay_seconds=0))
+    stages: list[str] = []
+    monkeypatch.setattr(training, "repro_stage", lambda stage, *a, **k: stages.append(stage))
+
+    with pytest.raises(PspnetError, match=r"remote 'store' \(.*dvc-remote\) is unreachable: its folder .* does not exist") as err:
+        training.training_pipeline(project_dir=str(project))
+    assert not isinstance(err.value, DataError) and "Nothing was changed" in str(err.value)
+    assert len(attempts) == 1 + training.TRANSIENT_RETRIES["retries"] and stages == []
+    assert _file_digests(project) == before
+    assert client.get_model_version_by_alias("pspnet", "champion").version == champion.version
+    assert len(client.search_model_versions("name = 'pspnet'")) == 1

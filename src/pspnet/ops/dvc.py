@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pspnet.errors import PspnetError
 from pspnet.ops.environment import tool_env
@@ -32,6 +34,9 @@ ERROR_DETAIL_LINES = 5
 STAGE_TAIL_LINES = 40
 #: The stage's exit code when DVC failed before or around its command (no code in its error line).
 UNKNOWN_STAGE_EXIT_CODE = 1
+
+#: Seconds a probe of an ``http(s)://`` DVC remote waits for a connection.
+REMOTE_CONNECT_TIMEOUT = 10.0
 
 #: DVC's error line for a failed stage: ``failed to reproduce '<stage>': ..., exited with <N>``.
 _STAGE_FAILED = re.compile(r"failed to reproduce '(?P<stage>[^']*)'.*exited with (?P<code>-?\d+)\s*$")
@@ -143,6 +148,34 @@ def checkout(root: Path, target: str) -> str:
 def pull(root: Path, target: str) -> str:
     """``dvc pull <target>``: fetch tracked data from the DVC remote."""
     return run_dvc(root, "pull", target)
+
+
+def default_remote(root: Path) -> tuple[str, str] | None:
+    """``(name, url)`` of the project's default DVC remote, if one is set (``dvc config``: one
+    value per call, where ``dvc remote list`` wraps long URLs across lines)."""
+    try:
+        name = run_dvc(root, "config", "core.remote").strip()
+        return (name, run_dvc(root, "config", f"remote.{name}.url").strip()) if name else None
+    except PspnetError:  # no default remote set
+        return None
+
+
+def remote_unreachable(root: Path, url: str, timeout: float = REMOTE_CONNECT_TIMEOUT) -> str | None:
+    """Why the DVC remote at ``url`` cannot be reached, or ``None`` when it can (or its scheme
+    is one only DVC can probe). DVC itself reports an unreachable remote as "missing files"."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+        except OSError as err:
+            return f"cannot connect to {parts.hostname}:{port} ({err.strerror or err})"
+        return None
+    if parts.scheme in ("", "file"):
+        folder = Path(parts.path if parts.scheme else url)
+        folder = folder if folder.is_absolute() else (Path(root) / ".dvc" / folder).resolve()  # DVC: relative to .dvc/
+        return None if folder.is_dir() else f"its folder {folder} does not exist (an unmounted share?)"
+    return None
 
 
 def run_streamed(root: Path, args: Sequence[str], env: Mapping[str, str] | None = None) -> float:

@@ -194,6 +194,15 @@ def restore_tracked(root: Path, dvc_file: Path) -> str:
         return "dvc checkout"
     except PspnetError as err:
         log.info("%s is not in the local DVC cache (%s); pulling it from the DVC remote", rel, err)
+    # Probed first: DVC reports an unreachable remote as missing files, and would create the
+    # folder of a local remote whose share is not mounted.
+    remote = dvc.default_remote(root)
+    why = dvc.remote_unreachable(root, remote[1]) if remote else None
+    if remote and why:  # transient: a retry (the flow's) may find it back
+        raise PspnetError(
+            f"{rel}: not in the local DVC cache, and the DVC remote {remote[0]!r} ({remote[1]}) is unreachable: "
+            f"{why}. Nothing was changed. Fix: bring the remote back (network, share, server) and run again."
+        )
     try:
         dvc.pull(root, rel)
     except PspnetError as err:
