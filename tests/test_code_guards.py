@@ -74,7 +74,7 @@ LOAD_ALLOWED: dict[tuple[str, str, str], str] = {
         "after MLflow's check that no record of the archive is unpickled (or the user's explicit opt-in)",
     ("src/pspnet/registry/segmenter.py", "_program_and_classes", "mlflow.pytorch.load_model("):
         "only with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=true, the user's explicit opt-in for a trusted store",
-    ("src/pspnet/registry/serving_model.py", "SegmentationPyfunc.load_context", "torch.export.load("):
+    ("src/pspnet/registry/serving_model.py", "SegmentationPyfunc._load_network", "torch.export.load("):
         "the served model's own code: it runs only where a user chose to load / serve that model",
     ("src/pspnet/registry/logged_model.py", "probe_logged_model", "mlflow.pyfunc.load_model("):
         "loads back the version this very run has just logged, to check it serves",
