@@ -84,9 +84,10 @@ PYTEST_ARGS ?=
 NO_TESTS_IS_FAILURE = || { status=$$?; [ $$status -ne 5 ] || echo "make: pytest collected no tests (exit 5)" >&2; exit $$status; }
 
 # pytest-xdist: one worker per core (PYTEST_WORKERS=0 runs in this process), one test module per
-# work unit (tests/conftest.py), so module-scoped servers and pipeline runs start once.
+# work unit (tests/conftest.py), so module-scoped servers and pipeline runs start once; units
+# start longest first (tests/conftest.py orders them; xdist's own reorder is turned off).
 PYTEST_WORKERS ?= auto
-XDIST = -n $(PYTEST_WORKERS) --dist loadscope
+XDIST = -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 check: install  ## the fast tier: unit tests, no `integration` / `slow` ones (target: 3 min on 2 cores)
 	pytest -m "not integration and not slow" $(XDIST) $(PYTEST_ARGS) $(NO_TESTS_IS_FAILURE)

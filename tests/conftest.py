@@ -47,6 +47,24 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return ModuleScheduling(config, log)
 
 
+#: Folders whose modules are the longest (whole pipeline runs, servers): scheduled first.
+LONGEST_FIRST = ("tests/pipelines", "tests/integration")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest work first, for xdist (the Makefile passes ``--no-loadscope-reorder``, so work units
+    start in this order): the pipeline / server modules, then any module with an `integration`
+    test, then the unit tests. Otherwise xdist starts the modules with the most tests first and a
+    one-test, two-minute pipeline module runs alone at the end. Stable: order within a tier kept."""
+    heavy = {item.path for item in items if item.get_closest_marker("integration")}
+
+    def tier(item: pytest.Item) -> int:
+        path = item.path.relative_to(REPO_ROOT).as_posix() if item.path.is_relative_to(REPO_ROOT) else ""
+        return 0 if path.startswith(LONGEST_FIRST) else 1 if item.path in heavy else 2
+
+    items.sort(key=tier)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     """The checkout under test (holds dvc.yaml, params.yaml, src/)."""

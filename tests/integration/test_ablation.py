@@ -12,7 +12,9 @@ import pytest
 
 from tests.integration.conftest import make_tiny_project, run
 
-pytestmark = pytest.mark.integration
+# Two `dvc exp run` pipelines and a re-test: about 2.5 minutes, so `make test-all` only (the
+# report's statistics and rendering are unit-tested in tests/test_ablation_report.py).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_ablation_rows_are_dvc_experiments_and_the_report_is_written(tmp_path: Path) -> None:
