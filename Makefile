@@ -24,7 +24,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export DVC_NO_ANALYTICS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: help install run flow schedule check test test-all bench ablation import-data run-camvid readme ui prefect-ui plots lock clean
+.PHONY: help install run flow schedule deploy worker watch check test test-all bench ablation import-data run-camvid readme ui prefect-ui plots lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -74,6 +74,25 @@ schedule: install  ## serve the retraining deployment (cron + new-data check) on
 	  echo "schedule: prefect server ready: $(PREFECT_API_URL) (UI: http://127.0.0.1:$(PREFECT_PORT))"; \
 	fi; \
 	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.schedule
+
+# `make deploy` / `make worker` / `make watch` need a Prefect server that stays up: the one at
+# $(PREFECT_API_URL) (`make prefect-ui` starts one on 127.0.0.1:$(PREFECT_PORT)). Without one they stop
+# with that fix. The pool, deployments and schedules come from prefect.yaml, generated from params.yaml.
+# WORK_QUEUE: the queue a node's worker polls (multi-node training); empty: every queue of the pool.
+WORK_QUEUE ?=
+PREFECT_REQUIRED = $(PREFECT_HEALTHY) || { echo "$@: no Prefect server answers at $(PREFECT_API_URL); start one (make prefect-ui, in another terminal) or set PREFECT_API_URL" >&2; exit 1; }
+
+deploy: install  ## create the work pool and deploy prefect.yaml (retraining: cron, data check, new-data trigger; multi-node training)
+	@$(PREFECT_REQUIRED)
+	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.deployment deploy
+
+worker: install  ## start a worker of the work pool, running flow runs in this checkout (WORK_QUEUE=node-1: one queue)
+	@$(PREFECT_REQUIRED)
+	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.deployment worker $(if $(WORK_QUEUE),--work-queue $(WORK_QUEUE))
+
+watch: install  ## watch the data folders; new files emit a Prefect event (the deployment retrains once per burst)
+	@$(PREFECT_REQUIRED)
+	PREFECT_API_URL="$(PREFECT_API_URL)" python -m pipelines.watch
 
 # Test tiers (markers in pyproject.toml): `make check` runs the unit tests (target: 3 min on 2 cores);
 # `make test`, what CI runs (.ci/run), adds the `integration` tests: real DVC / MLflow / Prefect /

@@ -100,14 +100,21 @@ def build_deployment(params: Params, project_dir: Path) -> Any:
         schedules=schedules(config, project_dir),
         concurrency_limit=concurrency(config),
         parameters={"project_dir": str(project_dir), "only_if_new_data": False},
-        description=f"Retrain PSPNet in {project_dir}: cron {config.cron!r} ({config.timezone}), "
-        f"new-data check every {config.data_check_interval} s (0: off), collision {config.collision}.",
+        description=describe(config, str(project_dir)),
         tags=DEPLOYMENT_TAGS,
     )
 
 
-def require_server() -> str:
-    """``PREFECT_API_URL``, checked to answer; a clear error when it is unset or does not answer."""
+def describe(config: ScheduleConfig, where: str) -> str:
+    """The retraining deployment's description: where it runs and its schedules."""
+    return (
+        f"Retrain PSPNet in {where}: cron {config.cron!r} ({config.timezone}), new-data check every "
+        f"{config.data_check_interval} s (0: off), collision {config.collision}."
+    )
+
+
+def require_server(hint: str = START_HINT) -> str:
+    """``PREFECT_API_URL``, checked to answer; a clear error (with ``hint``) when it is unset or does not answer."""
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings
 
@@ -115,12 +122,12 @@ def require_server() -> str:
     if not url:
         raise ConfigError(
             "PREFECT_API_URL is not set: schedules fire only on a running Prefect server, never on the "
-            f"temporary one Prefect starts on its own. {START_HINT}"
+            f"temporary one Prefect starts on its own. {hint}"
         )
     with get_client(sync_client=True) as client:
         error = client.api_healthcheck()
     if error is not None:
-        raise PspnetError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({error}). {START_HINT}")
+        raise PspnetError(f"the Prefect server at PREFECT_API_URL={url} does not answer ({error}). {hint}")
     return url
 
 

@@ -3,7 +3,7 @@ code is a dependency of its ``dvc.yaml`` stage, and modules and functions stay r
 
 The layers (README, "Architecture"), top to bottom; a module may import its own layer or lower:
 
-4 apps      ``cli``, ``predict``, ``presets``, ``comparison``, ``ablation``, ``ablation_report``, ``receptive_fields``, ``__main__``; ``pipelines/``
+4 apps      ``cli``, ``predict``, ``presets``, ``comparison``, ``ablation``, ``ablation_report``, ``receptive_fields``, ``data_events``, ``__main__``; ``pipelines/``
 3 stages    ``stages``
 2 services  ``layout``, ``tracking``, ``registry``, ``ops``
 1 domain    ``data``, ``model``, ``train``, ``evaluate`` (no MLflow, DVC, Prefect, file layout)
@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "pspnet.ablation": 4,
     "pspnet.ablation_report": 4,
     "pspnet.receptive_fields": 4,
+    "pspnet.data_events": 4,
     "pspnet.__main__": 4,
     "pipelines": 4,
 }

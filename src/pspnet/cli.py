@@ -167,13 +167,17 @@ def _score_test(params_file: Path, root: Path) -> None:
 @app.command("import-data")
 def import_data_command(params: ParamsOption = Path(DEFAULT_PARAMS_FILE), root: RootOption = Path(".")) -> None:
     """Bring data.source's raw data under DVC: `dvc import-url` into data/raw/<name> (a URL or a
-    folder outside data/raw), `dvc update` when already imported, `dvc add` inside data/raw."""
+    folder outside data/raw), `dvc update` when already imported, `dvc add` inside data/raw.
+    With PREFECT_API_URL set, each new version is a Prefect event (the retraining trigger's)."""
+    from pspnet.data_events import emit, import_events
     from pspnet.ops.import_data import import_data
 
     _configure_logging()
     root = root.resolve()
     with exits_on_error("import-data"):
-        summary = import_data(load_params(_params_path(params, root)), root)
+        loaded = load_params(_params_path(params, root))
+        summary = import_data(loaded, root)
+        emit(import_events(summary, loaded))
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -1,4 +1,5 @@
-"""A real `prefect server start` for the tests of this package, and the helpers to wait on it.
+"""A real `prefect server start` for the tests of this package, the helpers to wait on it, to start
+processes next to it (serving, a worker, the watcher) and to read its runs.
 
 One server serves every test of tests/pipelines (the package-scoped ``prefect_api`` fixture of
 conftest.py): starting one costs more than most of the tests that use it.
@@ -6,6 +7,7 @@ conftest.py): starting one costs more than most of the tests that use it.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import socket
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 #: Seconds the server may take to answer its health check.
 SERVER_START_TIMEOUT = 150
@@ -98,3 +101,47 @@ def prefect_server(home: Path) -> Iterator[str]:
         yield api
     finally:
         stop(proc, signal.SIGTERM)
+
+
+@contextmanager
+def background(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``cmd`` running in its own session, its output in ``log``; stopped (Ctrl-C) afterwards."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def cron_at(moment: datetime.datetime) -> str:
+    """A six-field cron (seconds last, as Prefect's croniter reads it) firing at ``moment`` (UTC) once a year."""
+    return f"{moment.minute} {moment.hour} {moment.day} {moment.month} * {moment.second}"
+
+
+def set_schedule(project: Path, **values: Any) -> None:
+    """Change ``schedule:`` in ``project``'s params.yaml."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["schedule"].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def deployment_runs(client: Any, deployment_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def task_names(client: Any, flow_run_id: Any) -> list[str]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(run.name for run in runs)
+
+
+def final_run(client: Any, run_id: Any) -> Any:
+    """The flow run when its state is final, else ``None`` (for :func:`wait_for`)."""
+    run = client.read_flow_run(run_id)
+    return run if run.state and run.state.is_final() else None

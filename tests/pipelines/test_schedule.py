@@ -24,7 +24,17 @@ from pspnet.errors import ConfigError, PspnetError
 from pspnet.layout import PIPELINE_LOCK_FILE
 from pspnet.ops import project_lock
 from tests.integration.conftest import REPO_ROOT, make_tiny_project, run, tool_env
-from tests.pipelines.servers import free_port, stop, tail, wait_for
+from tests.pipelines.servers import (
+    background,
+    cron_at,
+    deployment_runs,
+    final_run,
+    free_port,
+    set_schedule,
+    tail,
+    task_names,
+    wait_for,
+)
 
 STAGES = ("prepare", "validate", "train", "evaluate", "test", "register")
 FLOW_NAME = "pspnet-training"
@@ -117,42 +127,12 @@ def test_a_second_run_waits_for_the_pipeline_lock_and_says_so(
 
 @contextmanager
 def serving(project: Path, api: str, log: Path) -> Iterator[subprocess.Popen]:
-    """`python -m pipelines.schedule --project-dir project` against ``api``; stopped (Ctrl-C) afterwards."""
+    """`python -m pipelines.schedule --project-dir project` against ``api``; stopped (Ctrl-C) afterwards
+    (it pauses the schedules while the server still answers)."""
     env = tool_env(project)
     env.update(PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY="1")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.schedule", "--project-dir", str(project)],
-            cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
+    with background([sys.executable, "-m", "pipelines.schedule", "--project-dir", str(project)], REPO_ROOT, env, log) as proc:
         yield proc
-    finally:
-        stop(proc)  # SIGINT: it pauses the schedules while the server still answers
-
-
-def _cron_at(moment: datetime.datetime) -> str:
-    """A six-field cron (seconds last, as Prefect's croniter reads it) firing at ``moment`` (UTC) once a year."""
-    return f"{moment.minute} {moment.hour} {moment.day} {moment.month} * {moment.second}"
-
-
-def _set_schedule(project: Path, **values: Any) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["schedule"].update(values)
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _runs(client: Any, deployment_id: Any) -> list[Any]:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-
-
-def _task_names(client: Any, flow_run_id: Any) -> list[str]:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(run.name for run in runs)
 
 
 @pytest.mark.integration
@@ -166,25 +146,21 @@ def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is
     project = make_tiny_project(tmp_path / "project")
     serve_log = tmp_path / "serve.log"
     fire_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=FIRE_DELAY)
-    _set_schedule(project, cron=_cron_at(fire_at), timezone="UTC", data_check_interval=0, collision="cancel_new")
+    set_schedule(project, cron=cron_at(fire_at), timezone="UTC", data_check_interval=0, collision="cancel_new")
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client, \
             serving(project, prefect_api, serve_log) as server:
 
         def deployment() -> Any:
             assert server.poll() is None, f"pipelines.schedule exited {server.returncode}:\n{tail(serve_log)}"
-            return next(iter(client.read_deployments()), None)
+            return next((d for d in client.read_deployments() if d.name == DEPLOYMENT), None)  # the server is shared
 
         deployment_id = wait_for(deployment, FIRE_DELAY, "deployment served", serve_log).id
-        scheduled = wait_for(lambda: _runs(client, deployment_id), FIRST_RUN_APPEARS_TIMEOUT, "cron run created", serve_log)[0]
+        scheduled = wait_for(lambda: deployment_runs(client, deployment_id), FIRST_RUN_APPEARS_TIMEOUT, "cron run created", serve_log)[0]
         assert scheduled.auto_scheduled and scheduled.parameters["only_if_new_data"] is False
         assert abs((scheduled.expected_start_time - fire_at).total_seconds()) < 1
 
-        def finished() -> Any:
-            run = client.read_flow_run(scheduled.id)
-            return run if run.state and run.state.is_final() else None
-
-        done = wait_for(finished, FIRST_RUN_TIMEOUT, "scheduled run finished", serve_log)
+        done = wait_for(lambda: final_run(client, scheduled.id), FIRST_RUN_TIMEOUT, "scheduled run finished", serve_log)
         assert done.state.is_completed(), f"{done.state!r}\n{tail(serve_log)}"
         assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == set(STAGES)
         assert json.loads((project / "reports" / "registry.json").read_text())["decision"] == "promoted"
@@ -207,6 +183,6 @@ def test_the_cron_schedule_fires_and_completes_and_a_trigger_without_new_data_is
         assert set(by_state) == {"Skipped", "Cancelled"}, [run.state for run in finals]
         skipped, cancelled = by_state["Skipped"], by_state["Cancelled"]
         assert skipped.state.is_completed() and skipped.state.message.startswith("no new data since dvc.lock: data/raw ")
-        assert _task_names(client, skipped.id) == ["data-changes"]  # no stage ran
-        assert "concurrency limit" in cancelled.state.message and _task_names(client, cancelled.id) == []
+        assert task_names(client, skipped.id) == ["data-changes"]  # no stage ran
+        assert "concurrency limit" in cancelled.state.message and task_names(client, cancelled.id) == []
         assert (project / "dvc.lock").read_text() == lock_before

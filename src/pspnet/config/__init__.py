@@ -35,7 +35,7 @@ from pspnet.config.data import (
 from pspnet.config.evaluate import EvaluateConfig, TestConfig
 from pspnet.config.model import SHALLOW_RESNETS, ModelConfig, resolve_stem
 from pspnet.config.register import PROMOTION_LOCK_SUFFIX, RegisterConfig
-from pspnet.config.services import TRACKING_SCHEMES, MlflowConfig, ScheduleConfig
+from pspnet.config.services import TRACKING_SCHEMES, MlflowConfig, MultinodeConfig, ScheduleConfig
 from pspnet.config.train import LEGACY_AMP, TrainConfig
 from pspnet.errors import ConfigError
 
@@ -43,7 +43,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS", "DEFAULT_PARAMS_FILE", "LEGACY_AMP", "PIL_PIXEL_CAP", "PROMOTION_LOCK_SUFFIX",
     "SHALLOW_RESNETS", "SOURCE_NAMES", "TEST_SPLIT", "TRACKING_SCHEMES", "VAL_SPLIT",
     "ColorJitterConfig", "DataConfig", "EvaluateConfig", "HoldoutConfig", "MlflowConfig", "ModelConfig", "Params",
-    "PathsConfig", "RegisterConfig", "ScheduleConfig", "SourceConfig", "StrictModel", "SyntheticConfig", "TestConfig",
+    "MultinodeConfig", "PathsConfig", "RegisterConfig", "ScheduleConfig", "SourceConfig", "StrictModel", "SyntheticConfig", "TestConfig",
     "TrainConfig", "ValidateConfig", "deep_merge", "flatten", "load_params", "parse_params", "resolve_stem",
 ]  # fmt: skip
 

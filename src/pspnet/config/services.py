@@ -8,6 +8,8 @@ from pydantic import Field, field_validator
 
 from pspnet.config.base import (
     NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
     StrictModel,
 )
 
@@ -16,8 +18,38 @@ from pspnet.config.base import (
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
 
 
+#: Highest TCP port number (a rendezvous endpoint's port).
+MAX_PORT = 65535
+
+
+class MultinodeConfig(StrictModel):
+    """Multi-node training from the work pool (``pipelines/distributed.py``): the README's
+    ``torchrun`` command, one flow run per node; the defaults of the node deployment's parameters."""
+
+    deployment_name: str = "pspnet-train-node"
+    nnodes: PositiveInt = 2
+    nproc_per_node: PositiveInt = 1
+    #: ``HOST:PORT`` of torchrun's c10d rendezvous, on a node every other one reaches; ``null``:
+    #: given per run (``--rdzv-endpoint``).
+    rdzv_endpoint: str | None = None
+    #: Node ``k``'s flow run goes to the work queue ``<queue_prefix><k>``; a worker started with
+    #: ``--work-queue <queue_prefix><k>`` on that node runs it.
+    queue_prefix: Annotated[str, Field(min_length=1)] = "node-"
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. node0.example:29400); or null to give it per run")
+        return value
+
+
 class ScheduleConfig(StrictModel):
-    """Scheduled retraining: the Prefect deployment served by ``make schedule``."""
+    """Retraining with Prefect: the deployment ``make schedule`` serves, or ``make deploy`` puts on a
+    work pool (``prefect.yaml``, generated from this section), with its new-data event trigger."""
 
     deployment_name: str = "pspnet-retrain"
     #: Full retraining run (``dvc update`` + ``dvc repro`` + promotion gate). Five fields
@@ -31,6 +63,14 @@ class ScheduleConfig(StrictModel):
     #: A trigger while a run is going: ``cancel_new`` skips it, ``enqueue`` waits for the
     #: running one. Runs never interleave.
     collision: Literal["cancel_new", "enqueue"] = "cancel_new"
+    #: The ``process`` work pool ``make deploy`` creates and ``make worker`` polls.
+    work_pool: Annotated[str, Field(min_length=1)] = "pspnet-process"
+    #: Seconds a burst of new-data events is gathered into one run (the trigger's ``within``);
+    #: the run starts when the window closes. 0: no event trigger.
+    event_window: NonNegativeInt = 60
+    #: Seconds between the folder watcher's looks (``python -m pipelines.watch``).
+    watch_interval: PositiveFloat = 5.0
+    multinode: MultinodeConfig = MultinodeConfig()
 
     @field_validator("timezone")
     @classmethod
