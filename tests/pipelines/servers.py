@@ -76,31 +76,53 @@ def answers(url: str) -> bool:
         return False
 
 
-@contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """A real `prefect server start` on a free port, its home and database in ``home``; yields its API URL."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        # The scheduler creates the cron's runs; by default it looks every 60 s.
-        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
-    )
-    log = home / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+class PrefectServer:
+    """A real `prefect server start` on a free port, its home and database in ``home``; it can be
+    restarted on the same port and database (what a server restart looks like to its clients)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.log = home / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env.update(
+            PREFECT_HOME=str(home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_UI_ENABLED="false",
+            # The scheduler creates the cron's runs; by default it looks every 60 s.
+            PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="1",
         )
-    api = f"http://127.0.0.1:{port}/api"
+
+    def start(self) -> None:
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        proc = self.proc
+        wait_for(lambda: proc.poll() is not None or answers(f"{self.api}/health"), SERVER_START_TIMEOUT, "prefect server healthy", self.log)
+        assert proc.poll() is None, f"prefect server exited {proc.returncode}:\n{tail(self.log)}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGTERM)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[PrefectServer]:
+    """A started :class:`PrefectServer`, stopped afterwards."""
+    server = PrefectServer(home)
     try:
-        wait_for(lambda: proc.poll() is not None or answers(f"{api}/health"), SERVER_START_TIMEOUT, "prefect server healthy", log)
-        assert proc.poll() is None, f"prefect server exited {proc.returncode}:\n{tail(log)}"
-        yield api
+        server.start()
+        yield server
     finally:
-        stop(proc, signal.SIGTERM)
+        server.stop()
 
 
 @contextmanager

@@ -5,7 +5,8 @@ settings are named. For real, on the package's `prefect server start` with ONE `
 (process pool) for the module: `pipelines.deployment deploy` (the `make deploy` path: the pool,
 then the real `prefect deploy --all`); the cron run completes; the watcher's burst of new files
 gives several events and exactly one run, which completes; two "nodes" on this machine train
-over gloo through the same worker (`pipelines.distributed`, the `torchrun` c10d command).
+over gloo through the same worker (`pipelines.distributed`, the `torchrun` c10d command). The
+server restarts during the cron run: nothing of the run is lost, the worker goes on.
 """
 
 from __future__ import annotations
@@ -147,16 +148,24 @@ def _data_events(client: Any) -> list[Any]:
 
 
 @pytest.mark.integration
-def test_the_worker_runs_the_cron_run_and_one_run_per_burst_of_new_data(pool: dict[str, Any], client: Any, tmp_path: Path) -> None:
+def test_the_worker_runs_the_cron_run_and_one_run_per_burst_of_new_data(
+    pool: dict[str, Any], client: Any, prefect_server_process: Any, tmp_path: Path
+) -> None:
     project, log = pool["project"], pool["log"]
     retrain = client.read_deployment_by_name(f"{FLOW_NAME}/{DEPLOYMENT}")
     assert retrain.work_pool_name == POOL and retrain.pull_steps[0]["prefect.deployments.steps.set_working_directory"]
 
-    # (a) the cron schedule's run, picked up by the worker, runs the whole pipeline.
+    # (a) the cron schedule's run, picked up by the worker, runs the whole pipeline; the Prefect
+    # server restarts (same port and database) while it trains: the run goes on and its outcome
+    # is recorded, and the worker lives on to take the next run (b).
     scheduled = wait_for(lambda: deployment_runs(client, retrain.id), RUN_APPEARS_TIMEOUT, "cron run created", log)[0]
     assert scheduled.auto_scheduled and abs((scheduled.expected_start_time - pool["fire_at"]).total_seconds()) < 1
+    wait_for(lambda: "dvc-repro-train" in task_names(client, scheduled.id), FULL_RUN_TIMEOUT, "the cron run training", log)
+    prefect_server_process.restart()
     done = wait_for(lambda: final_run(client, scheduled.id), FULL_RUN_TIMEOUT, "cron run finished", log)
     assert done.state.is_completed() and done.state.name == "Completed", f"{done.state!r}\n{tail(log)}"
+    assert set(task_names(client, scheduled.id)) >= {f"dvc-repro-{stage}" for stage in STAGES}
+    assert pool["worker"].poll() is None, tail(log)
     assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == set(STAGES)
     recorded = _raw_hash(project)
 
