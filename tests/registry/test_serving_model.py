@@ -34,6 +34,9 @@ MAX_PIXELS = 120 * 160
 MAX_DIFFERING_SHARE = 0.001
 PAPER_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 
+# A model exported (torch.export and ONNX) and logged into a real store: not the fast tier.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> dict:
