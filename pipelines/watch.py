@@ -25,15 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from pipelines import deployment, schedule
 from pspnet.config import DEFAULT_PARAMS_FILE, Params, load_params
 from pspnet.data_events import change_events, emit
 from pspnet.errors import ConfigError, PspnetError
-from pspnet.layout import PIPELINE_LOCK_FILE
 from pspnet.ops.data_changes import data_changes
 from pspnet.ops.import_data import is_url, raw_inputs
+from pspnet.ops.project_lock import pipeline_lock_if_free
 
 EMITTER = "pipelines.watch"
 #: A listing: (path, size, modification time in ns) of every file under the watched folders.
@@ -69,15 +67,10 @@ def listing(folders: list[Path]) -> Listing:
 def check(params: Params, root: Path, folders: dict[str, Path]) -> int | None:
     """Compare the data with DVC's record and emit its events: how many, or ``None`` when a
     pipeline run holds the project (checked at the next look)."""
-    lock = FileLock(str(root / PIPELINE_LOCK_FILE))
-    try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        return None
-    try:
+    with pipeline_lock_if_free(root) as free:
+        if not free:
+            return None
         change = data_changes(params, root)
-    finally:
-        lock.release()
     if not change.changed:
         print(f"watch: no new data ({change.summary()})", flush=True)
         return 0
@@ -92,7 +85,6 @@ def watch(project_dir: str | Path, folders: list[str] | None = None, interval: f
         raise ConfigError(f"{root}: no dvc.yaml here; pass the project root as --project-dir.")
     params = load_params(root / DEFAULT_PARAMS_FILE)
     named = {str(f): Path(f).resolve() for f in folders} if folders else watched(params, root)
-    (root / PIPELINE_LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
     url = schedule.require_server(deployment.SERVER_HINT)
     every = interval or params.schedule.watch_interval
     seen: Listing | None = None  # None: check at the first look (data may have landed while no one watched)

@@ -52,3 +52,21 @@ def test_the_pipeline_lock_needs_a_dvc_project(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not a DVC repository \(no \.dvc/\)"):
         with pipeline_lock(tmp_path, logging.getLogger(__name__)):
             pass
+
+
+def test_a_check_that_can_wait_skips_while_another_process_holds_the_pipeline_lock(tmp_path: Path) -> None:
+    """What the folder watcher relies on: while a run (here another process) holds the lock, the
+    check gets False at once; after, it gets the lock."""
+    import subprocess
+    import sys
+
+    from pspnet.ops.project_lock import pipeline_lock_if_free
+
+    probe = ("import pathlib, sys\nfrom pspnet.ops.project_lock import pipeline_lock_if_free\n"
+             "with pipeline_lock_if_free(pathlib.Path(sys.argv[1])) as free: print(free)")  # fmt: skip
+    with pipeline_lock_if_free(tmp_path) as held:
+        assert held
+        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True)
+        assert other.stdout.strip() == "False"
+    other = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == "True"

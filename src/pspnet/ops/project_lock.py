@@ -46,3 +46,21 @@ def pipeline_lock(root: Path, logger: Any) -> Iterator[Path]:
         yield path
     finally:
         lock.release()
+
+
+@contextmanager
+def pipeline_lock_if_free(root: Path) -> Iterator[bool]:
+    """Hold the project's pipeline lock if no run holds it: yields ``True`` while held, or
+    ``False`` at once when a run has it (for checks that can wait for their next turn)."""
+    path = root / PIPELINE_LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
