@@ -87,7 +87,7 @@ class RegisterConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _aliases_differ(self) -> RegisterConfig:
+    def _settings_agree(self) -> RegisterConfig:
         if self.champion_alias == self.challenger_alias:
             raise ValueError(f"champion_alias and challenger_alias must differ (both {self.champion_alias!r})")
         if self.serving_runtime == "onnxruntime" and not self.export_onnx:

@@ -21,15 +21,20 @@ from pspnet.layout import PIPELINE_LOCK_FILE
 LOCK_WAIT_LOG_SECONDS = 60
 
 
+def _lock(root: Path) -> tuple[Path, FileLock]:
+    """The project's lock file (its folder made) and a lock on it."""
+    path = root / PIPELINE_LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path, FileLock(str(path))
+
+
 @contextmanager
 def pipeline_lock(root: Path, logger: Any) -> Iterator[Path]:
     """Hold the project's pipeline lock, waiting as long as another run holds it (logging every
     :data:`LOCK_WAIT_LOG_SECONDS`); yields the lock file's path."""
     if not (root / ".dvc").is_dir():
         raise ConfigError(f"{root}: not a DVC repository (no .dvc/). Fix: run `dvc init` there.")
-    path = root / PIPELINE_LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    path, lock = _lock(root)
     try:
         lock.acquire(blocking=False)
     except Timeout:
@@ -52,9 +57,7 @@ def pipeline_lock(root: Path, logger: Any) -> Iterator[Path]:
 def pipeline_lock_if_free(root: Path) -> Iterator[bool]:
     """Hold the project's pipeline lock if no run holds it: yields ``True`` while held, or
     ``False`` at once when a run has it (for checks that can wait for their next turn)."""
-    path = root / PIPELINE_LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    _, lock = _lock(root)
     try:
         lock.acquire(blocking=False)
     except Timeout:

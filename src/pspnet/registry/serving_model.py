@@ -89,6 +89,13 @@ def to_batch(images: Any) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+def check_pixels(what: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse ``what`` (``width x height``) when it is over ``max_pixels``, the data gate's limit."""
+    if width * height > max_pixels:
+        raise bad_request(f"{what}: {width}x{height} = {width * height} pixels is over the limit of {max_pixels} "
+                          "(the data gate's data.max_image_pixels); downscale first")  # fmt: skip
+
+
 def decode_image(text: str, index: int, max_pixels: int) -> np.ndarray:
     """Image ``index`` of a request, base64 PNG / JPEG (a ``data:`` URI prefix allowed), as
     uint8 RGB ``(H, W, 3)``; its header is checked against ``max_pixels`` before decoding."""
@@ -103,10 +110,7 @@ def decode_image(text: str, index: int, max_pixels: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ENCODED_FORMATS:
                 raise bad_request(f"image {index}: {image.format} is not accepted; send PNG or JPEG")
-            width, height = image.size
-            if width * height > max_pixels:
-                raise bad_request(f"image {index}: {width}x{height} = {width * height} pixels is over the limit of "
-                                  f"{max_pixels} (the data gate's data.max_image_pixels); downscale it first")  # fmt: skip
+            check_pixels(f"image {index}", *image.size, max_pixels)
             return np.asarray(image.convert("RGB"))
     except MlflowException:
         raise
@@ -122,7 +126,6 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         if runtime not in RUNTIMES:
             raise MlflowException(f"model config {RUNTIME_KEY!r} is {runtime!r}; choose one of {list(RUNTIMES)}")
         self.network = self._load_network(context.artifacts, runtime)
-        self.runtime = runtime
         with open(context.artifacts[CLASSES_ARTIFACT], encoding="utf-8") as f:
             classes = json.load(f)
         self.class_names: list[str] = list(classes["names"])
@@ -170,8 +173,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
         test-time settings with the given ``scales`` and ``flip`` (logits for one scale, no flip)."""
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         cfg = SimpleNamespace(**self.test_time, scales=tuple(scales), flip=bool(flip))
-        with torch.inference_mode():
-            return self.multiscale.predict_scores(self._normalized_pass, (x - self.mean) / self.std, cfg)
+        return self.multiscale.predict_scores(self._normalized_pass, (x - self.mean) / self.std, cfg)  # inference mode inside
 
     def _test_time(self, params: dict[str, Any] | None) -> tuple[tuple[float, ...], bool]:
         params = params or {}
@@ -193,9 +195,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
                 raise bad_request("a list of images must hold only base64 strings")
             return [decode_image(item, i, self.max_image_pixels)[None].astype(np.float32) for i, item in enumerate(array)]
         batch = to_batch(array)
-        if batch.shape[1] * batch.shape[2] > self.max_image_pixels:
-            raise bad_request(f"images of {batch.shape[2]}x{batch.shape[1]} are over the limit of {self.max_image_pixels} "
-                              "pixels (the data gate's data.max_image_pixels); downscale them first")  # fmt: skip
+        check_pixels("the images", batch.shape[2], batch.shape[1], self.max_image_pixels)
         return [batch]
 
     def class_maps(self, batch: np.ndarray, scales: tuple[float, ...] = DEFAULT_SCALES, flip: bool = False) -> np.ndarray:
